@@ -1,0 +1,27 @@
+# The README's two commands: `make demo` and `make test`. Everything they need is
+# installed by scripts/setup.sh, idempotently.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup demo test lint unit guest boot bench clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@scripts/demo.sh
+
+test: setup
+	$(PY) -m pytest -n 2 --dist loadgroup -p no:cacheprovider tests
+
+unit: setup
+	$(PY) -m pytest -m "not guest and not boot and not differential" tests
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

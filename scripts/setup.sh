@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Idempotent setup for a fresh Debian 12 machine: system packages, then the venv.
+# Called by `make demo` and `make test`; safe to run any number of times.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(
+  libguestfs-tools python3-guestfs python3-venv qemu-utils qemu-system-x86 qemu-block-extra
+  linux-image-amd64 xfsprogs e2fsprogs fdisk busybox-static mmdebstrap debootstrap
+  bubblewrap fuse3 cloud-guest-utils
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+stamp=.venv/.imgsmith-setup
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating .venv (system site packages, for python3-guestfs)"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,9 @@
+"""The list of sub-command modules, in the order `imgsmith --help` shows them."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import doctor
+
+MODULES: list[ModuleType] = [doctor]

@@ -1,0 +1,79 @@
+"""Entry point: dispatch to one module per sub-command, render errors, map exit codes.
+
+Each command module exposes ``register(subparsers)`` which adds its parser and sets
+``func`` (a callable taking the parsed namespace and returning an exit code).
+Library errors are rendered here as one line (plus an optional hint); tracebacks
+only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from .. import __version__
+from ..errors import ImgsmithError
+
+__all__ = ["main"]
+
+
+def _command_modules() -> list[ModuleType]:
+    # Imported here so `imgsmith --version` stays fast; listed explicitly (no import magic).
+    from . import commands
+    return commands.MODULES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgsmith",
+        description="Cloud VM disk images as code: customize, sysprep, convert, build and boot-test.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgsmith {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and every host command")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in _command_modules():
+        module.register(sub)
+    return parser
+
+
+def setup_logging(verbose: bool, debug: bool) -> None:
+    """Library log records go to stderr: INFO with -v, DEBUG (every host command) with --debug/-x."""
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("imgsmith")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def error(message: str, hint: str | None = None) -> None:
+    print(f"imgsmith: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"imgsmith: hint: {hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(args.debug or os.environ.get("IMGSMITH_DEBUG"))
+    setup_logging(bool(getattr(args, "verbose", False)), debug or bool(getattr(args, "trace", False)))
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ImgsmithError as exc:
+        if debug:
+            raise
+        error(exc.message, exc.hint)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        error("interrupted; nothing was committed")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
