@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test lint unit guest boot bench clean
+.PHONY: setup demo test lint unit docs clean
 
 setup:
 	@scripts/setup.sh
@@ -22,6 +22,9 @@ unit: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
+
+docs: setup
+	$(PY) -c 'from imgsmith.docs import render_operations_doc as r; open("docs/operations.md", "w").write(r())'
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

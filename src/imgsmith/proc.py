@@ -58,7 +58,7 @@ def _describe_failure(argv: list[str], returncode: int, stderr: str) -> str:
 def run(
     argv: Sequence[Arg],
     *,
-    input: bytes | None = None,  # noqa: A002 - mirrors subprocess.run
+    input: bytes | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Arg | None = None,
     check: bool = True,

@@ -19,7 +19,6 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 
-
 from .. import proc
 from ..paths import cache_root
 
@@ -56,7 +55,7 @@ def _host_kernel() -> str | None:
 def _cache_key(kernel: str | None) -> str:
     try:
         ver = proc.run([QEMU, "--version"]).stdout.splitlines()[0]
-    except Exception:  # noqa: BLE001 - an absent qemu simply means: no KVM verdict possible
+    except Exception:
         ver = "no-qemu"
     try:
         st = os.stat("/dev/kvm")

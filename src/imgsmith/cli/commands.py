@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import doctor
+from . import customize, doctor
 
-MODULES: list[ModuleType] = [doctor]
+MODULES: list[ModuleType] = [customize, doctor]

@@ -31,7 +31,7 @@ def _version(argv: list[str]) -> str:
         return "not installed"
     try:
         return proc.run(argv).stdout.strip().splitlines()[0]
-    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails on one tool
+    except Exception as exc:
         return f"error: {exc}"
 
 

@@ -1,0 +1,108 @@
+"""Library API of ``imgsmith customize`` (and the transactional core sysprep shares).
+
+This is what the CLI calls and what a program embedding imgsmith should call; it
+never prints. Messages go to the ``message``/``warn``/``output`` callbacks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from .boot import accel
+from .guest import appliance
+from .guest.api import Guest, OSInfo
+from .guest.session import SessionOptions, open_guest
+from .ops.base import ApplyContext, Operation, Settings
+from .runner import RunReport, apply_operations
+from .transaction import commit, disk_info, overlay
+
+__all__ = ["CustomizeResult", "Modified", "customize_disk", "modify_disk"]
+
+T = TypeVar("T")
+
+
+@dataclass
+class Modified(Generic[T]):
+    """What :func:`modify_disk` did: the worker's value plus the facts every command reports."""
+
+    value: T
+    disk: Path
+    format: str
+    os: OSInfo
+    committed: bool
+    accelerator: str
+    launches: int
+    seconds: float
+
+
+def modify_disk(disk: Path, work: Callable[[Guest], T], *, fmt: str | None = None,
+                session: SessionOptions = SessionOptions(), dry_run: bool = False,
+                message: Callable[[str], None] = lambda _m: None) -> Modified[T]:
+    """Run *work* on the guest in *disk* inside an overlay; commit only if it returns (and not dry-run).
+
+    One appliance launch. Any exception from *work* propagates after the overlay is
+    deleted, leaving *disk* untouched.
+    """
+    start = time.monotonic()
+    info = disk_info(disk, fmt)
+    verdict = accel.detect()
+    message(f"Examining the guest (accelerator: {verdict.name}) ...")
+    launches_before = appliance.launch_count()
+    with overlay(info) as top:
+        with open_guest(top, "qcow2", session) as guest:
+            value = work(guest)
+            os_info = guest.os
+        if not dry_run:
+            message(f"Committing the changes into {disk}")
+            commit(top)
+    return Modified(value=value, disk=disk, format=info.format, os=os_info, committed=not dry_run,
+                    accelerator=verdict.name, launches=appliance.launch_count() - launches_before,
+                    seconds=round(time.monotonic() - start, 2))
+
+
+@dataclass
+class CustomizeResult:
+    disk: Path
+    format: str
+    os: OSInfo | None
+    operations: list[str]
+    committed: bool
+    accelerator: str
+    launches: int
+    seconds: float
+    relabel: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def customize_disk(
+    disk: Path,
+    ops: Sequence[Operation],
+    *,
+    fmt: str | None = None,
+    settings: Settings = Settings(),
+    session: SessionOptions = SessionOptions(),
+    message: Callable[[str], None] = lambda _m: None,
+    warn: Callable[[str], None] = lambda _m: None,
+    output: Callable[[str], None] = print,
+) -> CustomizeResult:
+    """Apply *ops* to *disk* transactionally; on any error the disk is unchanged."""
+    warnings: list[str] = []
+
+    def warn_and_keep(msg: str) -> None:
+        warnings.append(msg)
+        warn(msg)
+
+    def work(guest: Guest) -> RunReport:
+        ctx = ApplyContext(guest=guest, settings=settings, message=message, warn=warn_and_keep, output=output)
+        return apply_operations(ctx, ops)
+
+    done = modify_disk(disk, work, fmt=fmt, session=session, dry_run=settings.dry_run, message=message)
+    return CustomizeResult(
+        disk=disk, format=done.format, os=done.os, operations=done.value.applied, committed=done.committed,
+        accelerator=done.accelerator, launches=done.launches, seconds=done.seconds,
+        relabel=done.value.relabel, warnings=warnings,
+    )

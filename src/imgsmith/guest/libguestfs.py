@@ -1,0 +1,269 @@
+"""The appliance backend: the Guest API over one libguestfs handle.
+
+One handle, one launch per session: the drive is added with its format given
+explicitly, the OS is inspected, its filesystems are mounted as inspection says,
+and every Guest call maps to one or two libguestfs calls. Errors from libguestfs
+(RuntimeError) become GuestError with the failing call named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import GuestError
+from .api import Guest, OSInfo, Stat
+
+__all__ = ["ApplianceGuest", "inspect_and_mount"]
+
+log = logging.getLogger("imgsmith.guest")
+T = TypeVar("T")
+
+
+def _call(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except RuntimeError as exc:
+        msg = str(exc)
+        # libguestfs prefixes messages with the call name; keep the useful tail.
+        msg = re.sub(r"^[a-z_]+: ", "", msg).strip()
+        raise GuestError(f"{what}: {msg}") from exc
+
+
+def _choose_root(g: Any, roots: list[str], root_choice: str) -> str:
+    if not roots:
+        raise GuestError("no operating system was found on the disk",
+                         hint="is this a bootable guest image? `imgsmith info --inspect DISK` shows what is there")
+    if root_choice == "first":
+        return sorted(roots)[0]
+    if root_choice in ("single", "ask"):
+        if len(roots) > 1:
+            names = ", ".join(f"{r} ({g.inspect_get_product_name(r)})" for r in roots)
+            raise GuestError(f"the disk holds several operating systems: {names}",
+                             hint="choose one with --root DEVICE (or --root first)")
+        return roots[0]
+    if root_choice not in roots:
+        raise GuestError(f"--root {root_choice}: not an operating system root; found: {', '.join(roots)}")
+    return root_choice
+
+
+def _selinux_enabled(g: Any) -> bool:
+    path = "/etc/selinux/config"
+    if not g.is_file(path):
+        return False
+    text = g.cat(path)
+    m = re.search(r"^\s*SELINUX\s*=\s*(\w+)", text, re.MULTILINE)
+    return bool(m and m.group(1).lower() in ("enforcing", "permissive"))
+
+
+def _init_system(g: Any) -> str:
+    for path in ("/usr/lib/systemd/systemd", "/lib/systemd/systemd"):
+        if g.is_file(path, followsymlinks=True):
+            return "systemd"
+    return "sysvinit"
+
+
+def inspect_and_mount(g: Any, root_choice: str = "single") -> OSInfo:
+    """Inspect the launched handle, mount the chosen root's filesystems, return what was found."""
+    roots = _call("inspection", g.inspect_os)
+    root = _choose_root(g, roots, root_choice)
+    mps = _call("inspection", lambda: g.inspect_get_mountpoints(root))
+    for mp in sorted(mps, key=len):
+        try:
+            g.mount(mps[mp], mp)
+        except RuntimeError as exc:
+            log.warning("could not mount %s on %s: %s", mps[mp], mp, exc)
+
+    def text(fn: str) -> str:
+        try:
+            return str(getattr(g, fn)(root))
+        except RuntimeError:
+            return "unknown"
+
+    def number(fn: str) -> int:
+        try:
+            return int(getattr(g, fn)(root))
+        except (RuntimeError, ValueError):
+            return 0
+
+    return OSInfo(
+        type=text("inspect_get_type"), distro=text("inspect_get_distro"),
+        major=number("inspect_get_major_version"), minor=number("inspect_get_minor_version"),
+        arch=text("inspect_get_arch"), product_name=text("inspect_get_product_name"),
+        package_format=text("inspect_get_package_format"),
+        package_management=text("inspect_get_package_management"),
+        hostname=text("inspect_get_hostname"), root=root,
+        selinux=_selinux_enabled(g), init=_init_system(g),
+        mountpoints=tuple(sorted(mps.items())),
+    )
+
+
+class ApplianceGuest(Guest):
+    """Guest API over a launched libguestfs handle (see :mod:`imgsmith.guest.session`)."""
+
+    backend = "appliance"
+
+    def __init__(self, handle: Any, os_info: OSInfo) -> None:
+        self.g = handle
+        self.os = os_info
+
+    # --- queries
+    def exists(self, path: str) -> bool:
+        return bool(_call(f"exists {path}", lambda: self.g.exists(path)))
+
+    def is_file(self, path: str, *, follow: bool = False) -> bool:
+        return bool(_call(f"is_file {path}", lambda: self.g.is_file(path, followsymlinks=follow)))
+
+    def is_dir(self, path: str, *, follow: bool = False) -> bool:
+        return bool(_call(f"is_dir {path}", lambda: self.g.is_dir(path, followsymlinks=follow)))
+
+    def is_symlink(self, path: str) -> bool:
+        return bool(_call(f"is_symlink {path}", lambda: self.g.is_symlink(path)))
+
+    def _stat(self, st: dict[str, int]) -> Stat:
+        return Stat(mode=st["st_mode"], uid=st["st_uid"], gid=st["st_gid"], size=st["st_size"])
+
+    def lstat(self, path: str) -> Stat:
+        return self._stat(_call(f"lstat {path}", lambda: self.g.lstatns(path)))
+
+    def stat(self, path: str) -> Stat:
+        return self._stat(_call(f"stat {path}", lambda: self.g.statns(path)))
+
+    def readlink(self, path: str) -> str:
+        return str(_call(f"readlink {path}", lambda: self.g.readlink(path)))
+
+    def realpath(self, path: str) -> str:
+        return str(_call(f"realpath {path}", lambda: self.g.realpath(path)))
+
+    def ls(self, directory: str) -> list[str]:
+        return list(_call(f"ls {directory}", lambda: self.g.ls(directory)))
+
+    def find(self, directory: str) -> list[str]:
+        return list(_call(f"find {directory}", lambda: self.g.find(directory)))
+
+    def glob(self, pattern: str) -> list[str]:
+        return list(_call(f"glob {pattern}", lambda: self.g.glob_expand(pattern)))
+
+    def read(self, path: str) -> bytes:
+        data = _call(f"read {path}", lambda: self.g.read_file(path))
+        return data if isinstance(data, bytes) else str(data).encode("utf-8", "surrogateescape")
+
+    # --- changes
+    def write(self, path: str, data: bytes) -> None:
+        _call(f"write {path}", lambda: self.g.write(path, data))
+
+    def append(self, path: str, data: bytes) -> None:
+        _call(f"append {path}", lambda: self.g.write_append(path, data))
+
+    def mkdir_p(self, path: str) -> None:
+        _call(f"mkdir {path}", lambda: self.g.mkdir_p(path))
+
+    def chmod(self, mode: int, path: str) -> None:
+        _call(f"chmod {path}", lambda: self.g.chmod(mode, path))
+
+    def chown(self, uid: int, gid: int, path: str) -> None:
+        _call(f"chown {path}", lambda: self.g.chown(uid, gid, path))
+
+    def rm_f(self, path: str) -> None:
+        _call(f"rm {path}", lambda: self.g.rm_f(path))
+
+    def rm_rf(self, path: str) -> None:
+        _call(f"rm -rf {path}", lambda: self.g.rm_rf(path))
+
+    def rmdir(self, path: str) -> None:
+        _call(f"rmdir {path}", lambda: self.g.rmdir(path))
+
+    def mv(self, src: str, dest: str) -> None:
+        _call(f"move {src}", lambda: self.g.mv(src, dest))
+
+    def cp_a(self, src: str, dest: str) -> None:
+        _call(f"copy {src}", lambda: self.g.cp_a(src, dest))
+
+    def ln_sf(self, target: str, link: str) -> None:
+        _call(f"link {link}", lambda: self.g.ln_sf(target, link))
+
+    def touch(self, path: str) -> None:
+        _call(f"touch {path}", lambda: self.g.touch(path))
+
+    def truncate(self, path: str) -> None:
+        _call(f"truncate {path}", lambda: self.g.truncate(path))
+
+    def scrub_file(self, path: str) -> None:
+        _call(f"scrub {path}", lambda: self.g.scrub_file(path))
+
+    def upload(self, host_path: Path, path: str) -> None:
+        _call(f"upload {path}", lambda: self.g.upload(os.fspath(host_path), path))
+
+    def copy_in(self, host_path: Path, directory: str) -> None:
+        _call(f"copy-in {host_path}", lambda: self.g.copy_in(os.fspath(host_path), directory))
+
+    # --- commands
+    def sh(self, script: str) -> str:
+        return str(_call("command", lambda: self.g.sh(script)))
+
+    @property
+    def network(self) -> bool:
+        return bool(self.g.get_network())
+
+    # --- SELinux and filesystems
+    def selinux_relabel(self, specfile: str) -> None:
+        _call("selinux relabel", lambda: self.g.selinux_relabel(specfile, "/", force=True))
+
+    def filesystems(self) -> list[tuple[str, str]]:
+        fss = _call("list filesystems", self.g.list_filesystems)
+        return [(dev, fs) for dev, fs in sorted(fss.items()) if fs not in ("unknown", "swap")]
+
+    def set_fs_uuid_random(self, device: str) -> None:
+        _call(f"new uuid for {device}", lambda: self.g.set_uuid_random(device))
+
+    def lvm_change_uuids(self) -> bool:
+        if "lvm2" not in _call("lvm", self.g.available_all_groups):
+            return False
+        if not _call("lvm", self.g.pvs):
+            return False
+        _call("lvm", self.g.pvchange_uuid_all)
+        _call("lvm", self.g.vgchange_uuid_all)
+        return True
+
+    # --- sysprep: device-level changes (added for imgsmith.sysprep)
+    def umount_all(self) -> None:
+        _call("umount all", self.g.umount_all)
+
+    @contextlib.contextmanager
+    def host_view(self, mountpoint: Path) -> Iterator[Path]:
+        _call("mount_local", lambda: self.g.mount_local(os.fspath(mountpoint)))
+        errors: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                self.g.mount_local_run()
+            except RuntimeError as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        thread = threading.Thread(target=serve, name="mount-local", daemon=True)
+        thread.start()
+        try:
+            _wait_for_mount(mountpoint)
+            yield mountpoint
+        finally:
+            with contextlib.suppress(RuntimeError):
+                self.g.umount_local(retry=True)
+            thread.join(timeout=60)
+        if errors:
+            raise GuestError(f"mount_local: {errors[0]}")
+
+
+def _wait_for_mount(mountpoint: Path, timeout: float = 30.0) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.ismount(mountpoint):
+            return
+        time.sleep(0.05)
+    raise GuestError(f"the guest filesystem did not appear at {mountpoint} within {timeout:.0f} s")
