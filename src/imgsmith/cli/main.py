@@ -63,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(args.debug or os.environ.get("IMGSMITH_DEBUG"))
     setup_logging(bool(getattr(args, "verbose", False)), debug or bool(getattr(args, "trace", False)))
     func: Callable[[argparse.Namespace], int] = args.func
+    if os.environ.get("IMGSMITH_REPORT_RSS"):
+        import atexit
+        import resource
+        atexit.register(lambda: print(f"imgsmith: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} KiB",
+                                      file=sys.stderr))
     try:
         return func(args)
     except ImgsmithError as exc:

@@ -54,8 +54,15 @@ def _choose_root(g: Any, roots: list[str], root_choice: str) -> str:
 
 
 def _selinux_enabled(g: Any) -> bool:
+    """SELinux is in use when its tools are installed and the config does not disable it.
+
+    Like libguestfs's own test, a config file alone is not enough: without load_policy
+    the guest cannot load a policy, so labels (and /.autorelabel) would be meaningless.
+    """
     path = "/etc/selinux/config"
-    if not g.is_file(path):
+    if not g.is_file(path, followsymlinks=True):
+        return False
+    if not any(g.is_file(p, followsymlinks=True) for p in ("/usr/sbin/load_policy", "/sbin/load_policy")):
         return False
     text = g.cat(path)
     m = re.search(r"^\s*SELINUX\s*=\s*(\w+)", text, re.MULTILINE)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -36,8 +35,13 @@ def _manager(os_info: OSInfo) -> str:
     return pm
 
 
+def _quote_all(packages: tuple[str, ...]) -> str:
+    """Always single-quote, as virt-customize does (the commands land in the guest's log verbatim)."""
+    return " ".join("'" + p.replace("'", "'\\''") + "'" for p in packages)
+
+
 def install_command(os_info: OSInfo, packages: tuple[str, ...]) -> str:
-    quoted = " ".join(shlex.quote(p) for p in packages)
+    quoted = _quote_all(packages)
     return {
         "apt": f"{_APT}apt-get $apt_opts update\napt-get $apt_opts install {quoted}",
         "dnf": f"dnf -y install {quoted}",
@@ -47,7 +51,7 @@ def install_command(os_info: OSInfo, packages: tuple[str, ...]) -> str:
 
 
 def uninstall_command(os_info: OSInfo, packages: tuple[str, ...]) -> str:
-    quoted = " ".join(shlex.quote(p) for p in packages)
+    quoted = _quote_all(packages)
     return {
         "apt": f"{_APT}apt-get $apt_opts remove {quoted}",
         "dnf": f"dnf -y remove {quoted}",

@@ -1,0 +1,178 @@
+"""Loading a definition: YAML → located data → overrides → model → operations, all errors at once.
+
+Every problem is reported as ``FILE:LINE:COL: PATH: message`` (PATH like
+``layers[1].steps[3].edit``), and all of them are collected before anything runs,
+so a user fixes a file in one round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import DefinitionError, UsageError
+from ..ops import REGISTRY
+from ..ops.base import Operation, ParseContext
+from .model import Definition
+from .yamlpos import Located, PathT, load_located
+
+__all__ = ["LoadedDefinition", "apply_overrides", "load_definition"]
+
+
+@dataclass
+class LoadedDefinition:
+    path: Path
+    definition: Definition
+    layer_ops: list[list[Operation]]
+    text_hash: str  # sha256 of the file text plus overrides: the "definition hash" in the manifest
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def _fmt_path(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        if part == "<key>":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top)"
+
+
+def _problem(file: Path, loc: Located, path: PathT, message: str, *, key: bool = False) -> str:
+    line, col = loc.where((*path, "<key>") if key and (*path, "<key>") in loc.marks else path)
+    where = _fmt_path(path)
+    return f"{file}:{line}:{col}: {where}: {message}"
+
+
+def apply_overrides(data: Any, overrides: Sequence[str]) -> None:
+    """``--set a.b=value``: set a dotted key (value parsed as YAML). Rebases a sibling checksum-url.
+
+    When ``source.url`` is overridden and ``source.checksum-url`` lives in the same
+    directory as the old url, the checksum URL follows to the new directory: a mirror
+    (or a test server) serves the image and its SUMS file side by side.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. source.url=https://…")
+        parts = key.split(".")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {key}: {part!r} is not a mapping in the definition")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UsageError(f"--set {key}: cannot set a key inside a non-mapping")
+        value = yaml.safe_load(raw) if raw else ""
+        old = node.get(parts[-1])
+        node[parts[-1]] = value
+        if parts == ["source", "url"] and isinstance(old, str) and isinstance(node.get("checksum-url"), str):
+            sums = node["checksum-url"]
+            if posixpath.dirname(sums) == posixpath.dirname(old):
+                node["checksum-url"] = posixpath.join(posixpath.dirname(str(value)), posixpath.basename(sums))
+
+
+def _model_problems(file: Path, loc: Located, exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        path = tuple(err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            problems.append(_problem(file, loc, path, f"unknown key {path[-1]!r}", key=True))
+        elif err["type"] == "missing":
+            problems.append(_problem(file, loc, path[:-1], f"missing required key {path[-1]!r}"))
+        else:
+            problems.append(_problem(file, loc, path, msg))
+    return problems
+
+
+def _step_ops(file: Path, loc: Located, check_files: bool) -> tuple[list[list[Operation]], list[str]]:
+    """Parse every step of the raw data, even when the model has other problems (report all at once)."""
+    ctx = ParseContext(base_dir=file.parent, check_files=check_files, origin=str(file))
+    problems: list[str] = []
+    layers: list[list[Operation]] = []
+    raw_layers = loc.data.get("layers") if isinstance(loc.data, dict) else None
+    for li, layer in enumerate(raw_layers if isinstance(raw_layers, list) else []):
+        ops: list[Operation] = []
+        steps = layer.get("steps") if isinstance(layer, dict) else None
+        for si, step in enumerate(steps if isinstance(steps, list) else []):
+            path: PathT = ("layers", li, "steps", si)
+            if not isinstance(step, dict) or len(step) != 1:
+                problems.append(_problem(file, loc, path, "a step is one mapping {operation: value}"))
+                continue
+            (name, value), = step.items()
+            cls = REGISTRY.get(name)
+            if cls is None:
+                close = [n for n in REGISTRY if n.split("-")[0] == name.split("-")[0]][:3]
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                problems.append(_problem(file, loc, (*path, name), f"unknown operation {name!r}{hint}", key=True))
+                continue
+            try:
+                ops.append(cls.from_yaml(value, ctx))
+            except UsageError as exc:
+                msg = exc.message.removeprefix(f"--{name}: ").removeprefix(f"{name}: ")
+                problems.append(_problem(file, loc, (*path, name), msg))
+        layers.append(ops)
+    return layers, problems
+
+
+def _source_problems(file: Path, loc: Located, definition: Definition, check_files: bool) -> list[str]:
+    src = definition.source
+    if check_files and src.file is not None:
+        path = (file.parent / src.file)
+        if not path.is_file():
+            return [_problem(file, loc, ("source", "file"), f"{src.file}: no such file")]
+    if src.url is not None and not (src.checksum or src.checksum_url):
+        return [_problem(file, loc, ("source",), "a url source needs checksum: or checksum-url:")]
+    return []
+
+
+def _position(problem: str) -> tuple[int, int]:
+    parts = problem.split(":")
+    try:
+        return int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def load_definition(file: Path, *, overrides: Sequence[str] = (), check_files: bool = True) -> LoadedDefinition:
+    """Load and validate *file*; raise DefinitionError listing every problem (exit code 2)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{file}: {exc.strerror or exc}") from None
+    try:
+        loc = load_located(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        pos = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DefinitionError([f"{file}:{pos}: invalid YAML: {problem}"]) from None
+    if not isinstance(loc.data, dict):
+        raise DefinitionError([f"{file}:1:1: the definition must be a mapping (version:, name:, source: …)"])
+    problems = [f"{file}:{line}:{col}: {_fmt_path(p)}: {m}" for p, m, (line, col) in loc.problems]
+    apply_overrides(loc.data, overrides)
+    definition: Definition | None = None
+    try:
+        definition = Definition.model_validate(loc.data)
+    except ValidationError as exc:
+        problems += _model_problems(file, loc, exc)
+    layer_ops, step_problems = _step_ops(file, loc, check_files)
+    problems += step_problems
+    if definition is not None:
+        problems += _source_problems(file, loc, definition, check_files)
+    if problems or definition is None:
+        raise DefinitionError(sorted(set(problems), key=_position))
+    digest = hashlib.sha256(text.encode() + json.dumps(list(overrides)).encode()).hexdigest()
+    return LoadedDefinition(file, definition, layer_ops, digest, list(overrides))

@@ -1,0 +1,129 @@
+"""The definition model, declared once: parsing, defaults, docs and JSON Schema come from here.
+
+Steps are kept as raw one-key mappings in the model (``{timezone: Asia/Shanghai}``)
+and turned into Operation objects by the loader, through each operation's own
+``from_yaml`` — the same parser the command line uses, so a step accepts exactly
+the string virt-customize takes for that option.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..source.bootstrap import BootstrapSpec
+
+if TYPE_CHECKING:
+    from ..boot.test import Check as BootCheck
+
+__all__ = ["FORMAT_VERSION", "Definition", "Layer", "Output", "Source", "SysprepSection", "TestSection"]
+
+FORMAT_VERSION = 1
+_SIZE = re.compile(r"^\d+(\.\d+)?[KMGT]?i?B?$", re.IGNORECASE)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Source(_Strict):
+    """Exactly one of ``file``, ``url`` or ``bootstrap``."""
+
+    file: str | None = Field(None, description="a local image, relative to the definition file")
+    url: str | None = Field(None, description="an http(s) URL of the base image")
+    checksum: str | None = Field(None, description="sha256:HEX or sha512:HEX of the image")
+    checksum_url: str | None = Field(None, alias="checksum-url",
+                                     description="URL of a SUMS file (GNU or BSD lines) listing the image")
+    format: str | None = Field(None, description="the image's format; default: detected by qemu-img")
+    bootstrap: BootstrapSpec | None = Field(None, description="build the base from distribution packages")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        kinds = [k for k in ("file", "url", "bootstrap") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of file, url or bootstrap")
+        if self.url is not None and not re.match(r"^https?://", self.url):
+            raise ValueError("url must start with http:// or https://")
+        if self.bootstrap is not None and (self.checksum or self.checksum_url):
+            raise ValueError("a bootstrap source has no checksum")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "file" if self.file is not None else "url" if self.url is not None else "bootstrap"
+
+
+class Layer(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="a short name shown in the plan")
+    steps: list[dict[str, Any]] = Field(min_length=1, description="operations: one-key mappings "
+                                        "{option: value}, value as virt-customize takes it")
+    memsize: int | None = Field(None, description="appliance memory for this layer, MiB")
+
+
+class SysprepSection(_Strict):
+    operations: str | list[str] = Field("defaults", description="virt-sysprep list syntax: defaults, all, -name")
+    enable: str | list[str] | None = None
+    keep_user_accounts: list[str] = Field(default_factory=list, alias="keep-user-accounts")
+    remove_user_accounts: list[str] = Field(default_factory=list, alias="remove-user-accounts")
+
+
+class Output(_Strict):
+    preset: str | None = Field(None, description="a cloud preset: openstack, aliyun, azure, gcp, vmware, ...")
+    format: str | None = Field(None, description="a qemu-img format: qcow2, raw, vpc, vhdx, vmdk, vdi")
+    options: dict[str, str | int | bool] = Field(default_factory=dict, description="format options (-o k=v)")
+    name: str | None = Field(None, description="file name in the output directory")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Output:
+        if (self.preset is None) == (self.format is None):
+            raise ValueError("give exactly one of preset or format")
+        if self.preset is not None and self.options:
+            raise ValueError("options go with format, not preset")
+        return self
+
+
+class CheckModel(_Strict):
+    run: str
+    expect: str | None = None
+    expect_rc: int = Field(0, alias="expect-rc")
+
+    def to_check(self) -> BootCheck:
+        from ..boot.test import Check  # paramiko is heavy: load it only when a boot test runs
+        return Check(self.run, self.expect, self.expect_rc)
+
+
+class TestSection(_Strict):
+    boot: bool = Field(True, description="boot the result under qemu with a cloud-init seed")
+    timeout: int | None = Field(None, ge=30, description="seconds; default scales with the accelerator")
+    required: bool = Field(True, description="fail the build when the boot test fails")
+    checks: list[CheckModel] = Field(default_factory=list)
+
+
+class Definition(_Strict):
+    version: Literal[1] = Field(description="format version of this file")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    description: str | None = None
+    source: Source
+    size: str | None = Field(None, description="grow the disk (and last partition and filesystem) to this size")
+    layers: list[Layer] = Field(default_factory=list)
+    sysprep: SysprepSection | None = None
+    outputs: list[Output] = Field(default_factory=list)
+    test: TestSection | None = None
+    backend: Literal["appliance"] = "appliance"
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None and not _SIZE.match(value):
+            raise ValueError(f"{value!r} is not a size like 20G or 512M")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Definition:
+        names = [layer.name for layer in self.layers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"layer names must be unique: {', '.join(dupes)}")
+        return self
