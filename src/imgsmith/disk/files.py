@@ -1,0 +1,66 @@
+"""File plumbing shared by the writers: checksums, durable renames, hidden work directories.
+
+A destination only ever appears complete: everything is written inside a hidden
+``.NAME.partial-XXXXXXXX`` directory next to it, flushed to disk, and moved into
+place with one rename. A process killed with SIGKILL leaves at most that hidden
+directory behind, never a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = ["fsync_dir", "fsync_file", "partial_dir", "sha256_file", "write_sha256_file"]
+
+_CHUNK = 4 << 20
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    """Hex SHA-256 of a file, read in large chunks (hashlib releases the GIL on them, so
+    several outputs hash in parallel); *progress* gets the byte count of each chunk."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
+    return h.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's data so the rename that publishes it cannot outrun its contents."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory entry (the rename itself)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_sha256_file(path: Path, digest: str, name: str) -> None:
+    """``<hex>  <name>`` - the line ``sha256sum -c`` reads."""
+    path.write_text(f"{digest}  {name}\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def partial_dir(dest: Path) -> Iterator[Path]:
+    """A hidden work directory next to *dest*, removed on the way out whatever happens."""
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,29 @@
+"""Shared pytest fixtures. The phony guest images themselves are built in tests/guests.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+
+from guests import DISTROS, fresh_copy, guest_image
+
+
+@pytest.fixture(scope="session")
+def guest_images() -> dict[str, Path]:
+    """Every phony guest (distro -> cached qcow2), built or taken from the cache once per session.
+
+    Read-only by convention: a test that modifies a guest takes a ``fresh_guest`` copy.
+    """
+    return {distro: guest_image(distro) for distro in DISTROS}
+
+
+@pytest.fixture
+def fresh_guest(tmp_path: Path) -> Callable[..., Path]:
+    """Factory for private writable copies in tmp_path: ``fresh_guest("centos7", fmt="raw", extra={...})``."""
+
+    def make(distro: str, *, fmt: str = "qcow2", extra: Mapping[str, bytes | str] | None = None) -> Path:
+        return fresh_copy(distro, tmp_path, fmt=fmt, extra=extra)
+
+    return make
