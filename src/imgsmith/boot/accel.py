@@ -98,6 +98,7 @@ def probe_kvm(timeout: float = PROBE_TIMEOUT) -> Accelerator:
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
         p.wait()
+        p.stdout.close()
     took = time.monotonic() - start
     tail = seen.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
     if p.returncode not in (None, 0, -9) and took < timeout:

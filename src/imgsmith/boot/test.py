@@ -1,0 +1,360 @@
+"""The boot test: does this image boot, run cloud-init, accept SSH and pass its checks?
+
+The image itself is never modified: the guest runs on a throw-away qcow2 overlay.
+The steps, in order:
+
+1. overlay + NoCloud seed (fresh instance-id, throw-away ed25519 key) in a temp dir;
+2. qemu under the accelerator that works here (KVM when the probe booted a guest,
+   else TCG), serial console to a file watched by :mod:`.console`;
+3. wait for each boot stage against deadlines scaled to the accelerator; a fatal
+   console line or an early qemu exit ends the wait at once;
+4. on the seed's marker, SSH in (host key checked against the console), run the
+   checks, power off through the guest, else ACPI over QMP, else kill;
+5. remove the overlay and seed, whatever happened.
+
+A boot that does not get through raises :class:`BootTestError` naming the stage
+and carrying the console's last lines; a boot that does returns a
+:class:`BootResult` whose ``passed`` says whether every check held.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..disk import qemuimg
+from ..errors import GuestError, ImageError, ProcessError, UsageError
+from . import accel as accel_mod
+from . import seed as seed_mod
+from .accel import Accelerator
+from .console import BOOT_STAGES, ConsoleParser, ConsoleState, ConsoleWatcher, Stage
+from .qemu import QemuConfig, QemuProcess, free_port
+from .ssh import CommandResult, SshSession, ThrowawayKey, connect
+
+__all__ = [
+    "BootResult",
+    "BootTestError",
+    "Check",
+    "CheckResult",
+    "Timeouts",
+    "boot_test",
+    "choose_accelerator",
+    "evaluate",
+    "machine_config",
+]
+
+log = logging.getLogger("imgsmith.boot")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Check:
+    """A command run over SSH as the test user; passes when its exit status and stripped stdout match."""
+
+    run: str
+    expect: str | None = None
+    expect_rc: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Check:
+        """``CMD=EXPECTED`` (split at the last ``=``) or just ``CMD`` (must exit 0)."""
+        if not text.strip():
+            raise UsageError("a check needs a command, e.g. 'uname -s=Linux'")
+        command, sep, expected = text.rpartition("=")
+        if not sep or not command.strip():
+            return cls(text.strip())
+        return cls(command.strip(), expected.strip())
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: Check
+    passed: bool
+    reason: str
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def evaluate(check: Check, res: CommandResult) -> CheckResult:
+    """Judge one command result against its check."""
+    got = res.stdout.strip()
+    if res.returncode is None:
+        reason, ok = res.stderr.strip() or "timed out", False
+    elif res.returncode != check.expect_rc:
+        reason, ok = f"exit status {res.returncode}, expected {check.expect_rc}", False
+    elif check.expect is not None and got != check.expect:
+        reason, ok = f"output {got[:200]!r}, expected {check.expect!r}", False
+    else:
+        reason, ok = "ok", True
+    return CheckResult(check, ok, reason, res.returncode, res.stdout, res.stderr, round(res.seconds, 2))
+
+
+# Deadlines under KVM, in seconds since qemu started; TCG multiplies them by TCG_FACTOR.
+# Measured under TCG on a quiet 2-core host: kernel 4 s, login 44 s, cloud-init final 49 s;
+# the same boot took 75 s under load, and more than 300 s with four other guests running.
+_KVM_DEADLINES: Mapping[Stage, float] = {
+    Stage.FIRST_OUTPUT: 30, Stage.KERNEL: 45, Stage.INIT: 75, Stage.LOGIN_PROMPT: 120,
+    Stage.CLOUD_INIT_FINAL: 150, Stage.MARKER: 180,
+}
+TCG_FACTOR = 5.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Stage deadlines (since qemu start), then SSH (after the marker), each check, and shutdown."""
+
+    deadlines: Mapping[Stage, float]
+    ssh: float
+    check: float
+    shutdown: float
+
+    @classmethod
+    def for_accelerator(cls, name: str, scale: float = 1.0) -> Timeouts:
+        factor = scale * (1.0 if name == "kvm" else TCG_FACTOR)
+        return cls({s: d * factor for s, d in _KVM_DEADLINES.items()}, ssh=40 * factor, check=60 * factor,
+                   shutdown=30 * factor)
+
+    @classmethod
+    def for_total(cls, name: str, seconds: float) -> Timeouts:
+        """Deadlines scaled so the guest must finish booting (the marker) within *seconds*.
+
+        This is what a definition's ``test: {timeout: 900}`` means; the SSH login, the
+        checks and the shutdown get their proportional share on top.
+        """
+        if seconds <= 0:
+            raise UsageError("a boot test timeout must be greater than 0 seconds")
+        base = cls.for_accelerator(name)
+        return cls.for_accelerator(name, seconds / base.deadlines[Stage.MARKER])
+
+
+class BootTestError(GuestError):
+    """The guest did not get through a stage; ``console_tail`` holds its last console lines."""
+
+    def __init__(self, stage: Stage, reason: str, *, console_tail: Sequence[str] = (),
+                 stages: Mapping[str, float | None] | None = None, accelerator: str = "") -> None:
+        tail = list(console_tail)
+        hint = ("last console lines:\n    " + "\n    ".join(tail)) if tail else "the console stayed silent"
+        super().__init__(f"boot test failed at stage '{stage}': {reason}", hint=hint)
+        self.stage = stage
+        self.reason = reason
+        self.console_tail = tail
+        self.stages = dict(stages or {})
+        self.accelerator = accelerator
+
+
+@dataclass(frozen=True)
+class BootResult:
+    """What a completed boot showed: stage times (seconds since qemu start) and check verdicts."""
+
+    image: str
+    format: str
+    accelerator: str
+    accelerator_reason: str
+    instance_id: str
+    stages: dict[str, float | None]
+    checks: tuple[CheckResult, ...] = ()
+    host_key_verified: bool = False
+    clean_shutdown: bool = False
+    shutdown_seconds: float | None = None
+    total_seconds: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return data
+
+
+def choose_accelerator(detect: Callable[[], Accelerator] = accel_mod.detect) -> Accelerator:
+    """KVM when a real guest booted under it here (cached probe), else TCG; IMGSMITH_ACCEL overrides."""
+    return detect()
+
+
+def machine_config(overlay: Path, seed: Path, tmp: Path, accelerator: Accelerator, port: int, *,
+                   memory_mib: int = 2048, cpus: int = 2) -> QemuConfig:
+    """The qemu machine for one boot test, with its serial log and QMP socket in *tmp*."""
+    qmp = tmp / "qmp.sock"
+    if len(os.fspath(qmp)) > 100:  # unix socket paths are limited to 108 bytes
+        qmp = Path(tempfile.mkdtemp(prefix="imgsmith-qmp-")) / "qmp.sock"
+    return QemuConfig(disk=overlay, seed=seed, accel=accelerator.qemu_accel, ssh_port=port,
+                      serial_log=tmp / "console.log", qmp_socket=qmp, memory_mib=memory_mib, cpus=cpus)
+
+
+def _stage_times(state: ConsoleState, ssh_at: float | None = None) -> dict[str, float | None]:
+    times: dict[str, float | None] = {s.value: round(state.reached[s], 1) if s in state.reached else None
+                                      for s in BOOT_STAGES}
+    times[Stage.SSH_LOGIN.value] = round(ssh_at, 1) if ssh_at is not None else None
+    return times
+
+
+_MISSING = {
+    Stage.FIRST_OUTPUT: "no console output within {t:.0f} s (does the image boot with BIOS and a ttyS0 console?)",
+    Stage.KERNEL: "no kernel output within {t:.0f} s",
+    Stage.INIT: "the init system did not start within {t:.0f} s",
+    Stage.LOGIN_PROMPT: "no login prompt within {t:.0f} s",
+    Stage.CLOUD_INIT_FINAL: "cloud-init did not reach its final stage within {t:.0f} s",
+    Stage.MARKER: "cloud-init did not finish (no {marker!r} on the console) within {t:.0f} s",
+}
+
+
+@dataclass
+class _Boot:
+    """The moving parts of one boot, for the step functions below."""
+
+    qemu: QemuProcess
+    watcher: ConsoleWatcher
+    seed: seed_mod.SeedConfig
+    key: ThrowawayKey
+    timeouts: Timeouts
+    accelerator: Accelerator
+    say: Progress
+
+    def fail(self, stage: Stage, reason: str, ssh_at: float | None = None) -> BootTestError:
+        state = self.watcher.snapshot()
+        return BootTestError(stage, reason, console_tail=state.tail, stages=_stage_times(state, ssh_at),
+                             accelerator=self.accelerator.name)
+
+
+def _wait_for_marker(b: _Boot) -> ConsoleState:
+    """Block until the marker shows, or raise naming the first stage that did not come in time."""
+    seen: set[Stage] = set()
+    while True:
+        b.watcher.changed.wait(0.25)
+        b.watcher.changed.clear()
+        state = b.watcher.snapshot()
+        for stage in BOOT_STAGES:
+            if stage in state.reached and stage not in seen:
+                seen.add(stage)
+                b.say(f"{stage.value}: {state.reached[stage]:.1f} s")
+        if Stage.MARKER in state.reached:
+            return state
+        if state.fatal is not None:
+            reason, line, _at = state.fatal
+            raise b.fail(state.first_missing(), f"{reason}: {line[:160]}")
+        elapsed = time.monotonic() - b.qemu.started
+        if b.qemu.poll() is not None:
+            b.watcher.stop()
+            state = b.watcher.snapshot()
+            why = ("the guest powered off or rebooted" if b.qemu.poll() == 0 else b.qemu.exit_message())
+            raise b.fail(state.first_missing(), f"{why} after {elapsed:.0f} s")
+        for stage in BOOT_STAGES:
+            limit = b.timeouts.deadlines[stage]
+            if not state.has_passed(stage) and elapsed > limit:
+                raise b.fail(stage, _MISSING[stage].format(t=limit, marker=b.seed.marker))
+
+
+def _run_checks(session: SshSession, checks: Sequence[Check], timeout: float, say: Progress) -> list[CheckResult]:
+    results = []
+    for check in checks:
+        result = evaluate(check, session.run(check.run, timeout))
+        say(f"check {'passed' if result.passed else 'FAILED'}: {check.run} ({result.reason})")
+        results.append(result)
+    return results
+
+
+def _shutdown(b: _Boot, session: SshSession | None) -> tuple[bool, float]:
+    """Power off through the guest, else ACPI; kill as the last resort. Returns (clean, seconds)."""
+    start = time.monotonic()
+    if session is not None:
+        session.poweroff()
+        session.close()
+    if not b.qemu.wait(b.timeouts.shutdown / 2):
+        b.qemu.powerdown()
+        if not b.qemu.wait(b.timeouts.shutdown / 2):
+            log.warning("the guest did not power off within %.0f s; killing qemu", b.timeouts.shutdown)
+            b.qemu.kill()
+            return False, time.monotonic() - start
+    return True, time.monotonic() - start
+
+
+def _start_qemu(make: Callable[[int], QemuConfig], log_path: Path, attempts: int = 3) -> QemuProcess:
+    """Start qemu; a forwarded port taken between probe and bind is retried with another port."""
+    for attempt in range(attempts):
+        qemu = QemuProcess(make(free_port()), log_path)
+        try:
+            qemu.check_started()
+        except ProcessError as exc:
+            port_clash = "hostfwd" in exc.stderr.lower() or "host forwarding" in exc.stderr.lower()
+            if port_clash and attempt + 1 < attempts:
+                continue
+            raise
+        return qemu
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run(b: _Boot, image: Path, fmt: str, checks: Sequence[Check]) -> BootResult:
+    """Steps 3-4: wait for the marker, log in, check, power off."""
+    state = _wait_for_marker(b)
+    deadline = time.monotonic() + b.timeouts.ssh
+    try:
+        session = connect(b.qemu.cfg.ssh_port, b.key, user=b.seed.user, deadline=deadline,
+                          host_keys=state.host_keys)
+    except GuestError as exc:
+        raise b.fail(Stage.SSH_LOGIN, exc.message) from exc
+    ssh_at = time.monotonic() - b.qemu.started
+    b.say(f"ssh login: {ssh_at:.1f} s")
+    try:
+        results = _run_checks(session, checks, b.timeouts.check, b.say)
+        b.say("powering off")
+        clean, took = _shutdown(b, session)
+    finally:
+        session.close()
+    final = b.watcher.snapshot()
+    notes = () if session.host_key_verified else ("the guest printed no SSH host keys; host key not verified",)
+    return BootResult(
+        image=os.fspath(image), format=fmt, accelerator=b.accelerator.name,
+        accelerator_reason=b.accelerator.reason, instance_id=b.seed.instance_id,
+        stages=_stage_times(final, ssh_at), checks=tuple(results), host_key_verified=session.host_key_verified,
+        clean_shutdown=clean, shutdown_seconds=round(took, 1),
+        total_seconds=round(time.monotonic() - b.qemu.started, 1), notes=notes)
+
+
+def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = (),
+              accelerator: Accelerator | None = None, timeout_scale: float = 1.0,
+              timeouts: Timeouts | None = None, workdir: Path | None = None,
+              memory_mib: int = 2048, cpus: int = 2, progress: Progress | None = None,
+              console_copy: Path | None = None) -> BootResult:
+    """Boot *image* on a throw-away overlay and test it (see the module docstring for the steps)."""
+    say: Progress = progress or (lambda _msg: None)
+    image = Path(image).resolve()
+    if not image.is_file():
+        raise ImageError(f"{image}: no such image file")
+    fmt = fmt or qemuimg.probe_format(image)
+    verdict = accelerator or choose_accelerator()
+    limits = timeouts or Timeouts.for_accelerator(verdict.name, timeout_scale)
+    say(f"accelerator: {verdict.name} ({verdict.reason})")
+    with tempfile.TemporaryDirectory(prefix="imgsmith-boot-", dir=workdir) as tmpdir:
+        tmp = Path(tmpdir)
+        overlay = tmp / "overlay.qcow2"
+        qemuimg.create_overlay(image, fmt, overlay)
+        key = ThrowawayKey.generate()
+        cfg = seed_mod.SeedConfig(instance_id=seed_mod.new_instance_id(), public_key=key.public)
+        seed_iso = seed_mod.write_seed(tmp / "seed.iso", cfg)
+        qemu = _start_qemu(lambda port: machine_config(overlay, seed_iso, tmp, verdict, port,
+                                                       memory_mib=memory_mib, cpus=cpus), tmp / "qemu.log")
+        watcher = ConsoleWatcher(tmp / "console.log", ConsoleParser(cfg.marker), started=qemu.started)
+        watcher.start()
+        boot = _Boot(qemu, watcher, cfg, key, limits, verdict, say)
+        try:
+            return _run(boot, image, fmt, checks)
+        finally:
+            qemu.kill()
+            watcher.stop()
+            if console_copy is not None and (tmp / "console.log").exists():
+                shutil.copyfile(tmp / "console.log", console_copy)
+            if qemu.cfg.qmp_socket.parent != tmp:
+                shutil.rmtree(qemu.cfg.qmp_socket.parent, ignore_errors=True)

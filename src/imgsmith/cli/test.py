@@ -1,0 +1,156 @@
+"""`imgsmith test IMAGE`: boot an image on a throw-away overlay and check it over SSH."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:  # the boot modules pull in paramiko and pycdlib: imported when the command runs
+    from ..boot.test import BootResult, BootTestError
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "test", help="boot an image under qemu and check it over SSH (the image is not modified)",
+        description="Boot IMAGE on a throw-away overlay with a cloud-init NoCloud seed, watch the serial "
+                    "console through the boot stages, log in over SSH with a throw-away key, run the "
+                    "checks, and power off. Exit status 0 when the boot and every check passed, 1 otherwise.",
+        epilog="Checks run as the test user 'imgsmith' (passwordless sudo). Example:\n"
+               "  imgsmith test disk.qcow2 --check 'timedatectl show -p Timezone --value=Asia/Shanghai'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", type=Path, metavar="IMAGE", help="disk image to boot")
+    p.add_argument("--format", dest="fmt", metavar="F", help="image format (default: probed; give it for raw)")
+    p.add_argument("--check", action="append", default=[], metavar="'CMD=EXPECTED'",
+                   help="run CMD in the guest; pass when it exits 0 and its stripped stdout equals EXPECTED "
+                        "(split at the last '='; without '=' only the exit status counts); repeatable")
+    p.add_argument("--timeout-scale", type=float, default=1.0, metavar="X",
+                   help="multiply every stage deadline by X (slow or loaded hosts)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="the guest must finish booting within SECONDS; the other deadlines scale with it "
+                        "(default: 180 s under KVM, 900 s under TCG)")
+    p.add_argument("--memory", type=int, default=2048, metavar="MIB", help="guest memory (default 2048)")
+    p.add_argument("--console-log", type=Path, metavar="FILE", help="keep a copy of the serial console here")
+    p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
+    p.set_defaults(func=run)
+
+
+class _Status:
+    """A rich live status line on a terminal; plain timestamped lines otherwise (or nothing with --json)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._status: Any = None
+        self._console: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            self._console = Console(stderr=True, log_path=False)
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self._status is not None:
+            from rich.markup import escape
+            from rich.text import Text
+
+            # Guest text may contain [brackets]: never interpret it as rich markup.
+            self._console.log(Text(message))
+            self._status.update(f"booting: {escape(message.split(' (', 1)[0])}")
+        else:
+            print(f"imgsmith: {message}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def shown(self) -> Iterator[None]:
+        if self._console is None:
+            yield
+            return
+        with self._console.status("starting qemu") as status:
+            self._status = status
+            try:
+                yield
+            finally:
+                self._status = None
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so qemu is stopped and the overlay removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: Callable[[int, FrameType | None], Any] | int | None = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _render(result: BootResult) -> None:
+    print(f"image        {result.image} ({result.format})")
+    print(f"accelerator  {result.accelerator}")
+    for stage, at in result.stages.items():
+        print(f"  {stage:<17} {'-' if at is None else f'{at:7.1f} s'}")
+    if result.shutdown_seconds is not None:
+        print(f"  {'shutdown':<17} {result.shutdown_seconds:7.1f} s" + ("" if result.clean_shutdown else " (killed)"))
+    for c in result.checks:
+        print(f"{'PASS' if c.passed else 'FAIL'}  {c.check.run}" + ("" if c.passed else f"  -- {c.reason}"))
+        if not c.passed and c.stderr.strip():
+            print("      stderr: " + c.stderr.strip().splitlines()[-1][:200])
+    for note in result.notes:
+        print(f"note: {note}")
+    print("boot test passed" if result.passed else "boot test FAILED")
+
+
+def _render_failure(exc: BootTestError) -> None:
+    print(f"boot test failed at stage '{exc.stage}': {exc.reason}", file=sys.stderr)
+    for stage, at in exc.stages.items():
+        print(f"  {stage:<17} {'-' if at is None else f'{at:7.1f} s'}", file=sys.stderr)
+    print("last console lines:", file=sys.stderr)
+    for line in exc.console_tail:
+        print(f"  | {line}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..boot.test import BootTestError, Check, Timeouts, boot_test, choose_accelerator
+
+    checks = [Check.parse(text) for text in args.check]
+    if args.timeout_scale <= 0 or (args.timeout is not None and args.timeout <= 0):
+        raise UsageError("--timeout and --timeout-scale must be greater than 0")
+    status = _Status(enabled=not args.json)
+    try:
+        with _sigterm_unwinds(), status.shown():
+            verdict = choose_accelerator()
+            limits = (Timeouts.for_total(verdict.name, args.timeout * args.timeout_scale)
+                      if args.timeout is not None else None)
+            result = boot_test(args.image, args.fmt, checks=checks, accelerator=verdict,
+                               timeout_scale=args.timeout_scale, timeouts=limits, memory_mib=args.memory,
+                               progress=status, console_copy=args.console_log)
+    except BootTestError as exc:
+        if args.json:
+            print(json.dumps({"passed": False, "stage": exc.stage.value, "reason": exc.reason,
+                              "accelerator": exc.accelerator, "stages": exc.stages,
+                              "console_tail": exc.console_tail}, indent=2))
+        else:
+            _render_failure(exc)
+        return 1
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        _render(result)
+    return 0 if result.passed else 1

@@ -1,0 +1,1 @@
+"""Where a base image comes from: a local file, a verified download, or a bootstrap from packages."""

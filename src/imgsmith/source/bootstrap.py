@@ -1,0 +1,382 @@
+"""A bootable cloud-style disk image made from distribution packages, cached by its inputs.
+
+The recipe, in order (each step below is one function):
+
+1. choose the mirror (the host's apt sources unless given) and read the ``Date:``
+   of each suite's Release file: together with the spec and the builder version
+   this is the cache key, so an unchanged archive gives a cache hit;
+2. partition a sparse raw disk (MBR with root at 1 MiB, or GPT with a BIOS boot
+   partition), attach it with ``losetup`` + ``partx -a`` and make ext4 with its
+   inode tables initialised (no lazy init: a small, stable image);
+3. ``mmdebstrap`` the release with a kernel, GRUB, cloud-init and openssh straight
+   into the mounted filesystem;
+4. write fstab by UUID, the serial console, cloud-init settings; ``grub-install``
+   to the loop device with ``root=UUID=`` on the kernel line;
+5. remove per-instance identity, ``sync``, ``fstrim``, tear everything down and
+   ``qemu-img convert`` to qcow2 under a temporary name, renamed into the cache
+   when complete (a killed build leaves no entry; the next one reaps its mounts).
+
+Builds of one key are serialised with ``flock``; different keys build in parallel.
+Root is required (loop devices, mounts, chroot).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from .. import __version__, proc
+from ..disk.sizes import MiB, parse_size
+from ..errors import ProcessError, UsageError
+from ..paths import cache_root
+from . import mirror as mirror_mod
+from . import partition, rootfs
+from .partition import Partitioning
+
+__all__ = [
+    "BUILDER_VERSION",
+    "BootstrapSpec",
+    "DistroProfile",
+    "Sources",
+    "bootstrap_image",
+    "cache_key",
+    "image_name",
+    "mmdebstrap_argv",
+    "profile_for",
+    "resolve_sources",
+]
+
+log = logging.getLogger("imgsmith.source")
+
+# Bump the revision whenever the recipe changes what ends up in the image.
+BUILDER_VERSION = f"{__version__}+bootstrap.2"
+
+Progress = Callable[[str], None]
+
+EL_DISTROS = frozenset({"centos", "rocky", "almalinux", "alma", "rhel", "fedora", "oraclelinux", "el"})
+
+
+def _size(value: object) -> object:
+    """Sizes are written like qemu-img's (``3G``, ``512M``) or given as a byte count."""
+    if isinstance(value, str):
+        try:
+            spec = parse_size(value)
+        except UsageError as exc:
+            raise ValueError(exc.message) from exc
+        if spec.relative:
+            raise ValueError("a bootstrap size is absolute; '+N' only makes sense when growing a disk")
+        return spec.amount
+    return value
+
+
+class BootstrapSpec(BaseModel):
+    """What to bootstrap. Every field takes part in the cache key (with the mirror's snapshot date)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    distro: str = Field("debian", pattern=r"^[a-z][a-z0-9]*$", description="debian or ubuntu")
+    release: str = Field("bookworm", pattern=r"^[a-z][a-z0-9.-]*$", description="codename: bookworm, jammy, ...")
+    packages: tuple[str, ...] = Field((), description="extra packages on top of the cloud base set")
+    mirror: str | None = Field(None, description="archive URL; default: the host's apt source for the distro")
+    security_mirror: str | None = Field(None, description="security archive URL; default: host's, else official")
+    size: Annotated[int, BeforeValidator(_size)] = Field(3 << 30, ge=512 * MiB, description="virtual disk size")
+    partitioning: Partitioning = Partitioning.MBR
+    variant: Literal["minbase", "apt"] = "minbase"
+
+    @field_validator("packages")
+    @classmethod
+    def _package_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in value if not re.fullmatch(r"[a-z0-9][a-z0-9+.\-]+(:[a-z0-9]+)?(=[A-Za-z0-9.+~:\-]+)?", p)]
+        if bad:
+            raise ValueError(f"not a package name: {', '.join(bad)}")
+        return value
+
+    @field_validator("mirror", "security_mirror")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://", "file:/")):
+            raise ValueError("a mirror is an http://, https:// or file:/ URL")
+        return value.rstrip("/") if value else value
+
+
+@dataclass(frozen=True)
+class DistroProfile:
+    """How one distribution family is bootstrapped: where from, with which keys, which base packages."""
+
+    name: str
+    default_mirror: str
+    default_security_mirror: str
+    keyring: str | None
+    keyring_package: str
+    components: tuple[str, ...]
+    packages: tuple[str, ...]
+    security_suffix: str = "-security"
+
+    def suites(self, release: str) -> tuple[str, ...]:
+        """The release and its update pockets; unstable has none."""
+        if release in ("sid", "unstable"):
+            return (release,)
+        return (release, f"{release}-updates", f"{release}{self.security_suffix}")
+
+
+_CLOUD_BASE = ("grub-pc", "cloud-init", "openssh-server", "sudo", "systemd-sysv", "udev", "dbus",
+               "e2fsprogs", "iproute2", "netbase", "cloud-guest-utils", "initramfs-tools")
+
+PROFILES: dict[str, DistroProfile] = {
+    "debian": DistroProfile(
+        name="debian",
+        default_mirror="http://deb.debian.org/debian",
+        default_security_mirror="http://deb.debian.org/debian-security",
+        keyring=None,  # mmdebstrap finds debian-archive-keyring itself
+        keyring_package="debian-archive-keyring",
+        components=("main",),
+        # ifupdown + a DHCP client: cloud-init renders Debian's network config for ifupdown
+        packages=("linux-image-cloud-amd64", *_CLOUD_BASE, "ifupdown", "isc-dhcp-client"),
+    ),
+    "ubuntu": DistroProfile(
+        name="ubuntu",
+        default_mirror="http://archive.ubuntu.com/ubuntu",
+        default_security_mirror="http://archive.ubuntu.com/ubuntu",
+        keyring="/usr/share/keyrings/ubuntu-archive-keyring.gpg",
+        keyring_package="ubuntu-keyring",
+        components=("main", "universe"),
+        packages=("linux-image-virtual", *_CLOUD_BASE, "netplan.io"),
+    ),
+}
+
+
+def profile_for(spec: BootstrapSpec) -> DistroProfile:
+    """The profile for ``spec.distro``; a UsageError that says what is missing otherwise."""
+    if spec.distro in EL_DISTROS:
+        raise UsageError(
+            f"bootstrapping {spec.distro} from packages needs a dnf repository mirror, which is not configured",
+            hint="an EL bootstrap (dnf --installroot) needs: dnf on the host, a reachable BaseOS/AppStream "
+                 "mirror and its GPG key; meanwhile use a vendor cloud image as a url source (docs/boot.md)",
+        )
+    profile = PROFILES.get(spec.distro)
+    if profile is None:
+        raise UsageError(f"unknown distro {spec.distro!r} for a bootstrap (supported: {', '.join(PROFILES)})")
+    return profile
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The resolved apt sources of a build and each suite's snapshot date (part of the cache key)."""
+
+    archive: str
+    security: str
+    components: tuple[str, ...]
+    suites: tuple[tuple[str, str, str], ...]  # (mirror, suite, Release Date)
+
+    def apt_lines(self) -> list[str]:
+        comps = " ".join(self.components)
+        return [f"deb {m} {suite} {comps}" for m, suite, _ in self.suites]
+
+
+def resolve_sources(spec: BootstrapSpec, profile: DistroProfile, *,
+                    host: Callable[[str], mirror_mod.HostMirrors] = mirror_mod.detect_host_mirrors,
+                    date_of: Callable[[str, str], str] = mirror_mod.release_date) -> Sources:
+    """Pick the mirrors (spec, else the host's apt sources, else the distro's) and date each suite."""
+    found = host(profile.name) if spec.mirror is None or spec.security_mirror is None else mirror_mod.HostMirrors()
+    archive = spec.mirror or found.archive or profile.default_mirror
+    security = spec.security_mirror or found.security or (
+        archive if profile.default_security_mirror == profile.default_mirror else profile.default_security_mirror)
+    suites = []
+    for suite in profile.suites(spec.release):
+        base = security if suite.endswith(profile.security_suffix) else archive
+        suites.append((base, suite, date_of(base, suite)))
+    return Sources(archive, security, profile.components, tuple(suites))
+
+
+def cache_key(spec: BootstrapSpec, sources: Sources, builder: str = BUILDER_VERSION) -> str:
+    """Hash of everything that decides the image's content; stable across runs and package order."""
+    canonical: dict[str, Any] = {
+        "builder": builder,
+        "distro": spec.distro,
+        "release": spec.release,
+        "packages": sorted(set(spec.packages)),
+        "partitioning": spec.partitioning.value,
+        "size": spec.size,
+        "variant": spec.variant,
+        "sources": [list(s) for s in sources.suites],
+        "components": list(sources.components),
+    }
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def image_name(spec: BootstrapSpec, key: str) -> str:
+    """Cache file stem: readable prefix, then enough of the key to be unique."""
+    return f"{spec.distro}-{spec.release}-{spec.partitioning.value}-{key[:16]}"
+
+
+def mmdebstrap_argv(spec: BootstrapSpec, profile: DistroProfile, sources: Sources, target: Path,
+                    preseed: Path) -> list[str]:
+    """The mmdebstrap command: no Recommends (a lean, predictable package set), unsafe-io (we sync once)."""
+    packages = list(dict.fromkeys([*profile.packages, *spec.packages]))
+    argv = [
+        "mmdebstrap", f"--variant={spec.variant}", "--mode=root", "--format=directory",
+        f"--components={','.join(sources.components)}",
+        '--aptopt=APT::Install-Recommends "false"', "--dpkgopt=force-unsafe-io",
+        f"--include={','.join(packages)}",
+        f'--essential-hook=chroot "$1" debconf-set-selections < {shlex.quote(os.fspath(preseed))}',
+    ]
+    if profile.keyring:
+        argv.append(f"--keyring={profile.keyring}")
+    return [*argv, spec.release, os.fspath(target), *sources.apt_lines()]
+
+
+def _check_host(profile: DistroProfile) -> None:
+    """Fail before any work when this host cannot build: not root, tools or keyring missing."""
+    if os.geteuid() != 0:
+        raise UsageError("bootstrap needs root (loop devices, mounts and chroot)", hint="run it with sudo")
+    tools = {"mmdebstrap": "mmdebstrap", "sfdisk": "fdisk", "losetup": "mount", "partx": "util-linux",
+             "mkfs.ext4": "e2fsprogs", "fstrim": "util-linux", "qemu-img": "qemu-utils"}
+    missing = sorted({pkg for tool, pkg in tools.items() if shutil.which(tool) is None})
+    if missing:
+        raise UsageError(f"bootstrap needs host tools that are missing: {', '.join(missing)}",
+                         hint=f"apt-get install {' '.join(missing)}")
+    if profile.keyring and not Path(profile.keyring).exists():
+        raise UsageError(f"{profile.keyring}: archive keyring for {profile.name} not found",
+                         hint=f"apt-get install {profile.keyring_package}")
+
+
+@contextlib.contextmanager
+def _locked(path: Path, progress: Progress) -> Iterator[None]:
+    """One builder per cache entry; the others wait, then find the entry built."""
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("waiting for another build of the same image to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_mmdebstrap(argv: list[str], progress: Progress) -> None:
+    """Stream mmdebstrap's "I:" lines to *progress*; a failure carries the last lines of its output."""
+    tail: deque[str] = deque(maxlen=30)
+    p = proc.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert p.stdout is not None
+    try:
+        with p.stdout:
+            for raw in p.stdout:
+                line = raw.decode("utf-8", "replace").rstrip()
+                tail.append(line)
+                log.debug("mmdebstrap: %s", line)
+                if line.startswith(("I: ", "E: ", "W: ")):
+                    progress(f"mmdebstrap: {line[3:]}")
+        p.wait()
+    except BaseException:
+        # Interrupted: let mmdebstrap run its own cleanup (it unmounts what it mounted).
+        p.terminate()
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        raise
+    if p.returncode != 0:
+        raise ProcessError(proc.failure_message(argv, p.returncode, "\n".join(tail)), argv=argv,
+                           returncode=p.returncode, stderr="\n".join(tail))
+
+
+def _build(spec: BootstrapSpec, profile: DistroProfile, sources: Sources, work: Path, progress: Progress) -> Path:
+    """Steps 2-5 of the module docstring inside *work*; returns the finished qcow2 in *work*."""
+    layout = partition.layout_for(spec.partitioning)
+    raw, root, preseed = work / "disk.raw", work / "root", work / "debconf.preseed"
+    preseed.write_text(rootfs.DEBCONF_PRESEED, encoding="utf-8")
+    with raw.open("wb") as f:
+        f.truncate(spec.size)
+    proc.run(["sfdisk", "--quiet", "--wipe", "always", raw],
+             input=partition.sfdisk_script(spec.partitioning).encode())
+    fs_uuid = str(uuid.uuid4())
+    with partition.attach(raw, layout.root_partition) as (loop, node):
+        progress(f"making ext4 on {node}")
+        proc.run(["mkfs.ext4", "-q", "-F", "-L", "root", "-U", fs_uuid,
+                  "-E", "lazy_itable_init=0,lazy_journal_init=0", node])
+        with partition.mount(node, root):
+            progress(f"installing {spec.distro} {spec.release} with mmdebstrap")
+            _run_mmdebstrap(mmdebstrap_argv(spec, profile, sources, root, preseed), progress)
+            progress("configuring: fstab, serial console, cloud-init, GRUB")
+            rootfs.configure_tree(root, fs_uuid=fs_uuid)
+            with partition.bind_mounts(root):
+                rootfs.install_grub(root, loop=loop, root_node=node, fs_uuid=fs_uuid)
+            rootfs.remove_instance_identity(root)
+            rootfs.remove_build_leftovers(root)
+            progress("trimming the filesystem")
+            proc.run(["sync", "-f", root])
+            proc.run(["fstrim", root])
+    progress("converting to qcow2")
+    out = work / "disk.qcow2"
+    proc.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out])
+    return out
+
+
+def _publish(built: Path, dest: Path, metadata: dict[str, Any]) -> None:
+    """Metadata first, image last: the image's presence is what marks a complete entry."""
+    meta = dest.with_suffix(".json")
+    tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
+    tmp_meta.write_text(json.dumps(metadata, indent=2, sort_keys=True), encoding="utf-8")
+    tmp_meta.replace(meta)
+    built.replace(dest)
+
+
+def bootstrap_image(spec: BootstrapSpec, *, cache_dir: Path | None = None,
+                    progress: Progress | None = None) -> Path:
+    """Return a cached qcow2 of a bootable cloud image built from *spec*, building it if needed."""
+    say: Progress = progress or (lambda _msg: None)
+    profile = profile_for(spec)
+    say("checking the mirror's snapshot date")
+    sources = resolve_sources(spec, profile)
+    key = cache_key(spec, sources)
+    store = (cache_dir or cache_root()) / "bootstrap"
+    store.mkdir(parents=True, exist_ok=True)
+    name = image_name(spec, key)
+    dest = store / f"{name}.qcow2"
+    if dest.exists():
+        say(f"cached: {dest}")
+        return dest
+    _check_host(profile)  # only a build needs root and the tools; a cached image does not
+    with _locked(store / f".{name}.lock", say):
+        if dest.exists():
+            say(f"built meanwhile by another process: {dest}")
+            return dest
+        for stale in store.glob(f".{name}.build-*"):
+            partition.reap(stale)
+        work = store / f".{name}.build-{os.getpid()}"
+        work.mkdir()
+        start = time.monotonic()
+        try:
+            built = _build(spec, profile, sources, work, say)
+            _publish(built, dest, {
+                "key": key, "builder": BUILDER_VERSION, "spec": spec.model_dump(mode="json"),
+                "sources": [{"mirror": m, "suite": s, "date": d} for m, s, d in sources.suites],
+                "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "build_seconds": round(time.monotonic() - start, 1),
+            })
+        finally:
+            partition.reap(work, quiet=True)
+    say(f"built in {time.monotonic() - start:.0f} s: {dest}")
+    return dest
