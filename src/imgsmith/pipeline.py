@@ -195,7 +195,7 @@ def _resolve_base(loaded: LoadedDefinition, cache: Path, reporter: Reporter) -> 
             return BaseRef(key, os.fspath(path), img.path, img.format, key)
         # No checksum: key by content, remembered by (inode, size, mtime) so rebuilds don't re-hash.
         key = f"sha256:{_file_key(path, cache)}"
-        return BaseRef(key, os.fspath(path), path, src.format or probe_format(path), None)
+        return BaseRef(key, os.fspath(path), path, src.format or probe_format(path), key)
     if src.url is not None:
         reporter.stage(f"source: {src.url}")
         img = base_src.resolve_url(
