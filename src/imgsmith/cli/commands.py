@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import customize, doctor
+from . import bootstrap, build, cache, convert, customize, doctor, info, resize, schema, sysprep, test
 
-MODULES: list[ModuleType] = [customize, doctor]
+MODULES: list[ModuleType] = [build, customize, sysprep, convert, info, resize, test, bootstrap, schema, cache, doctor]

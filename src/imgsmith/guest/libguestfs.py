@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import GuestError
+from .. import proc
+from ..errors import GuestError, ProcessError
 from .api import Guest, OSInfo, Stat
 
 __all__ = ["ApplianceGuest", "inspect_and_mount"]
@@ -259,8 +260,10 @@ class ApplianceGuest(Guest):
             _wait_for_mount(mountpoint)
             yield mountpoint
         finally:
-            with contextlib.suppress(RuntimeError):
-                self.g.umount_local(retry=True)
+            # g.umount_local() would block: the handle is busy in mount_local_run() on the other
+            # thread and libguestfs serialises calls. Unmounting the FUSE mount from outside ends it.
+            with contextlib.suppress(ProcessError):
+                proc.run(["guestunmount", "--retry=10", mountpoint])
             thread.join(timeout=60)
         if errors:
             raise GuestError(f"mount_local: {errors[0]}")
