@@ -189,7 +189,11 @@ def test_every_option_on_centos7_and_same_tree_as_virt_customize(
 
 def test_debian_accounts_hostname_timezone_and_apt(fresh_guest: Callable[..., Path], tmp_path: Path) -> None:
     disk = fresh_guest("debian12")
-    r = customize(disk, "--json", "--hostname", "web1.example.org", "--timezone", "Europe/Paris",
+    host_script = tmp_path / "host-script.sh"  # virt-sysprep's --script: runs on the host, cwd = guest's /
+    host_script.write_text('#!/bin/sh\necho "host script ran" > ./from-host-script\n')
+    host_script.chmod(0o755)
+    r = customize(disk, "--json", "--script", str(host_script), "--hostname", "web1.example.org",
+                  "--timezone", "Europe/Paris",
                   "--root-password", "password:rootpw", "--password", "debian:random",
                   "--password", "nobody:locked:password:x", "--ssh-inject", f"debian:string:{KEY1}",
                   "--install", "nginx,curl", "--update", "--uninstall", "vim",
@@ -202,6 +206,7 @@ def test_debian_accounts_hostname_timezone_and_apt(fresh_guest: Callable[..., Pa
     assert random_pw not in r.stdout
     assert "700 is read as DECIMAL" in r.stderr  # the --chmod 700 surprise is pointed out
     t = tree(disk)
+    assert t["/from-host-script"].content == b"host script ran\n"
     assert t["/etc/hostname"].content == b"web1.example.org\n"
     hosts = (t["/etc/hosts"].content or b"").decode()
     assert "web1" in hosts and "debian12" not in hosts
