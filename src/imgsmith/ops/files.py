@@ -24,6 +24,20 @@ def _guest_path(arg: str, option: str) -> str:
 
 
 @dataclass(frozen=True)
+class _GuestPathOperation(Operation):
+    """Shared shape of the operations whose whole argument is one guest path (not registered itself)."""
+
+    path: str
+
+    @classmethod
+    def parse(cls, arg: str, ctx: ParseContext) -> Self:
+        return cls(_guest_path(arg, cls.name))
+
+    def argument(self) -> str:
+        return self.path
+
+
+@dataclass(frozen=True)
 class AppendLine(Operation):
     name = "append-line"
     metavar = "FILE:LINE"
@@ -170,18 +184,10 @@ class CopyIn(Operation):
 
 
 @dataclass(frozen=True)
-class Delete(Operation):
+class Delete(_GuestPathOperation):
     name = "delete"
     metavar = "PATH"
     help = "Delete files or directories recursively; PATH may be a glob (/var/log/*.log)"
-    path: str
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls(_guest_path(arg, cls.name))
-
-    def argument(self) -> str:
-        return self.path
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Deleting: {self.path}")
@@ -253,18 +259,10 @@ class Link(Operation):
 
 
 @dataclass(frozen=True)
-class Mkdir(Operation):
+class Mkdir(_GuestPathOperation):
     name = "mkdir"
     metavar = "DIR"
     help = "Create a directory, with parents as needed (mkdir -p)"
-    path: str
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls(_guest_path(arg, cls.name))
-
-    def argument(self) -> str:
-        return self.path
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Making directory: {self.path}")
@@ -272,18 +270,10 @@ class Mkdir(Operation):
 
 
 @dataclass(frozen=True)
-class Scrub(Operation):
+class Scrub(_GuestPathOperation):
     name = "scrub"
     metavar = "FILE"
     help = "Overwrite FILE's blocks with patterns, then delete it"
-    path: str
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls(_guest_path(arg, cls.name))
-
-    def argument(self) -> str:
-        return self.path
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Scrubbing: {self.path}")
@@ -291,18 +281,10 @@ class Scrub(Operation):
 
 
 @dataclass(frozen=True)
-class Touch(Operation):
+class Touch(_GuestPathOperation):
     name = "touch"
     metavar = "FILE"
     help = "Create FILE if missing, else update its timestamps (touch)"
-    path: str
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls(_guest_path(arg, cls.name))
-
-    def argument(self) -> str:
-        return self.path
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Running touch: {self.path}")
@@ -310,18 +292,10 @@ class Touch(Operation):
 
 
 @dataclass(frozen=True)
-class Truncate(Operation):
+class Truncate(_GuestPathOperation):
     name = "truncate"
     metavar = "FILE"
     help = "Truncate FILE to zero size (it must exist)"
-    path: str
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls(_guest_path(arg, cls.name))
-
-    def argument(self) -> str:
-        return self.path
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Truncating: {self.path}")
@@ -329,18 +303,10 @@ class Truncate(Operation):
 
 
 @dataclass(frozen=True)
-class TruncateRecursive(Operation):
+class TruncateRecursive(_GuestPathOperation):
     name = "truncate-recursive"
     metavar = "PATH"
     help = "Truncate every regular file under PATH to zero size"
-    path: str
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls(_guest_path(arg, cls.name))
-
-    def argument(self) -> str:
-        return self.path
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Recursively truncating: {self.path}")
