@@ -217,7 +217,9 @@ def test_debian_accounts_hostname_timezone_and_apt(fresh_guest: Callable[..., Pa
     assert shadow_hash(t, "nobody").startswith("!$y$")
     ssh_dir, keys = t["/home/debian/.ssh"], t["/home/debian/.ssh/authorized_keys"]
     assert (ssh_dir.mode, ssh_dir.uid) == (0o700, 1000)
-    assert (keys.mode, keys.uid, keys.content) == (0o600, 1000, KEY1.encode() + b"\n")
+    assert (keys.mode, keys.uid) == (0o600, 1000)
+    lines = (keys.content or b"").splitlines()
+    assert lines[-1] == KEY1.encode() and b"old@example" in lines[0]  # appended after the existing key
     log = (t["/var/log/pkgstub.log"].content or b"").decode()
     assert "apt-get -q -y -o Dpkg::Options::=--force-confnew install nginx curl" in log
     assert "apt-get -q -y -o Dpkg::Options::=--force-confnew upgrade" in log
