@@ -37,6 +37,7 @@ class Modified(Generic[T]):
     accelerator: str
     launches: int
     seconds: float
+    backend: str = "appliance"
 
 
 def modify_disk(disk: Path, work: Callable[[Guest], T], *, fmt: str | None = None,
@@ -44,24 +45,31 @@ def modify_disk(disk: Path, work: Callable[[Guest], T], *, fmt: str | None = Non
                 message: Callable[[str], None] = lambda _m: None) -> Modified[T]:
     """Run *work* on the guest in *disk* inside an overlay; commit only if it returns (and not dry-run).
 
-    One appliance launch. Any exception from *work* propagates after the overlay is
-    deleted, leaving *disk* untouched.
+    One appliance launch (none with the chroot backend). Any exception from *work*
+    propagates after the overlay is deleted, leaving *disk* untouched.
     """
     start = time.monotonic()
     info = disk_info(disk, fmt)
-    verdict = accel.detect()
-    message(f"Examining the guest (accelerator: {verdict.name}) ...")
+    choice = session.choice()
+    if choice.name == "chroot":
+        accelerator = "none"
+        message(f"Examining the guest (backend: chroot, {choice.reason}) ...")
+    else:
+        accelerator = accel.detect().name
+        message(f"Examining the guest (backend: appliance, accelerator: {accelerator}) ...")
     launches_before = appliance.launch_count()
     with overlay(info) as top:
-        with open_guest(top, "qcow2", session) as guest:
+        with open_guest(top, "qcow2", session, message=message) as guest:
             value = work(guest)
             os_info = guest.os
+            backend = guest.backend
         if not dry_run:
             message(f"Committing the changes into {disk}")
             commit(top)
     return Modified(value=value, disk=disk, format=info.format, os=os_info, committed=not dry_run,
-                    accelerator=verdict.name, launches=appliance.launch_count() - launches_before,
-                    seconds=round(time.monotonic() - start, 2))
+                    accelerator=accelerator if backend == "chroot" else accel.detect().name,
+                    launches=appliance.launch_count() - launches_before,
+                    seconds=round(time.monotonic() - start, 2), backend=backend)
 
 
 @dataclass
@@ -76,6 +84,7 @@ class CustomizeResult:
     seconds: float
     relabel: str | None = None
     warnings: list[str] = field(default_factory=list)
+    backend: str = "appliance"
 
 
 def customize_disk(
@@ -104,5 +113,5 @@ def customize_disk(
     return CustomizeResult(
         disk=disk, format=done.format, os=done.os, operations=done.value.applied, committed=done.committed,
         accelerator=done.accelerator, launches=done.launches, seconds=done.seconds,
-        relabel=done.value.relabel, warnings=warnings,
+        relabel=done.value.relabel, warnings=warnings, backend=done.backend,
     )

@@ -30,6 +30,7 @@ from .disk.formats import writable_format
 from .disk.presets import get_preset
 from .errors import UsageError
 from .guest import appliance
+from .guest.backend import Choice
 from .guest.facts import installed_packages, kernels
 from .guest.session import SessionOptions, open_guest
 from .manifest import outputs_unchanged, read_manifest, write_manifest, write_sums
@@ -58,6 +59,8 @@ class BuildOptions:
     network: bool = True
     boot_test: bool | None = None  # None: as the definition's test section says
     cache_dir: Path | None = None
+    backend: str | None = None  # None: the definition's backend (default auto)
+    trust_image: bool = False  # lets auto use chroot on a source without a checksum
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Reporter:
     message: Callable[[str], None] = lambda _m: None
     warn: Callable[[str], None] = lambda _m: None
     progress: Callable[[str, float], None] = lambda _label, _pct: None
+    transfer: Callable[[str, int, int | None], None] | None = None  # (phase, done, total bytes); else progress()
 
 
 @dataclass
@@ -91,7 +95,12 @@ class BuildPlan:
     layers: list[PlannedLayer]
     dropped_sysprep: list[tuple[str, str]]
     output_dir: Path
+    session: SessionOptions = field(default_factory=SessionOptions)
     up_to_date: bool = False
+
+    @property
+    def backend(self) -> Choice:
+        return self.session.choice()
 
 
 @dataclass
@@ -200,7 +209,8 @@ def _resolve_base(loaded: LoadedDefinition, cache: Path, reporter: Reporter) -> 
         reporter.stage(f"source: {src.url}")
         img = base_src.resolve_url(
             src.url, src.checksum, checksum_url=src.checksum_url, cache_dir=cache, fmt=src.format,
-            progress=lambda phase, done, total: reporter.progress(phase, 100.0 * done / total if total else 0.0))
+            progress=reporter.transfer or (
+                lambda phase, done, total: reporter.progress(phase, 100.0 * done / total if total else 0.0)))
         assert img.checksum is not None
         key = str(img.checksum)
         return BaseRef(key, img.origin, img.path, img.format, key)
@@ -233,12 +243,20 @@ def plan_build(loaded: LoadedDefinition, options: BuildOptions, reporter: Report
         layers.append(PlannedLayer(i + 1, name, key, ops, selected if last else [], resize, parent, token, cached))
         parent = key
     out_dir = options.output_dir or Path.cwd() / "dist" / d.name
-    return BuildPlan(loaded, base.key, base.origin, layers, dropped, out_dir)
+    # Trusted: the bytes were checked against a published checksum, or made here from distribution packages.
+    trusted = base.checksum is not None or base.key.startswith("bootstrap:") or options.trust_image
+    session = SessionOptions(network=options.network, memsize=options.memsize,
+                             backend=options.backend or d.backend, trusted=trusted)
+    return BuildPlan(loaded, base.key, base.origin, layers, dropped, out_dir, session)
 
 
-def _build_layer(layer: PlannedLayer, parent: tuple[Path, str], *, options: BuildOptions, store: LayerStore,
+def _build_layer(layer: PlannedLayer, parent: tuple[Path, str], *, session: SessionOptions, store: LayerStore,
                  reporter: Reporter, facts: dict[str, Any]) -> Path:
-    """One appliance launch: the layer's steps, then (last layer) sysprep; published only on success."""
+    """One guest session (one appliance launch, or a chroot): the layer's steps, then (last layer) sysprep.
+
+    The layer is published only on success. Its key does not depend on the backend:
+    both give the same guest, so a layer built either way serves both.
+    """
     from .disk.resize import resize_disk
     from .disk.sizes import parse_size
     from .sysprep.run import apply_sysprep
@@ -249,8 +267,8 @@ def _build_layer(layer: PlannedLayer, parent: tuple[Path, str], *, options: Buil
         if layer.resize:
             reporter.message(f"growing the disk to {layer.resize}")
             resize_disk(path, parse_size(layer.resize), "qcow2")
-        session = SessionOptions(network=options.network, memsize=options.memsize)
-        with open_guest(path, "qcow2", session) as guest:
+        with open_guest(path, "qcow2", session, message=reporter.message) as guest:
+            facts["backend"] = meta["backend"] = guest.backend
             ctx = ApplyContext(guest=guest, settings=Settings(), message=reporter.message, warn=reporter.warn,
                                output=reporter.message)
             apply_operations(ctx, layer.ops)
@@ -313,16 +331,24 @@ def _manifest(plan: BuildPlan, base: BaseRef, results: list[ConvertResult], *, f
     }
 
 
-def _guest_facts_from_cache(store: LayerStore, plan: BuildPlan) -> dict[str, Any] | None:
+def _cached_meta(store: LayerStore, plan: BuildPlan) -> dict[str, Any]:
+    """The last layer's metadata (guest facts, backend) when every layer came from the cache."""
     if not plan.layers:
-        return None
-    meta_path = store.root / plan.layers[-1].key / "meta.json"
+        return {}
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads((store.root / plan.layers[-1].key / "meta.json").read_text())
     except (OSError, ValueError):
-        return None
-    guest = meta.get("guest") if isinstance(meta, dict) else None
-    return guest if isinstance(guest, dict) else None
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _up_to_date(plan: BuildPlan, options: BuildOptions) -> bool:
+    """Every layer cached, and the outputs present and matching a manifest of the same definition."""
+    previous = read_manifest(plan.output_dir)
+    return (not options.no_cache and all(layer.cached for layer in plan.layers) and previous is not None
+            and previous.get("definition", {}).get("sha256") == plan.definition.text_hash
+            and [x["key"] for x in previous.get("layers", [])] == [x.key for x in plan.layers]
+            and outputs_unchanged(plan.output_dir, previous))
 
 
 def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(),
@@ -340,18 +366,17 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(),
     for name, why in plan.dropped_sysprep:
         rep.warn(f"sysprep operation {name} dropped: {why} (name it in sysprep.operations to keep it)")
     out_dir = plan.output_dir
-    previous = read_manifest(out_dir)
-    if (not options.no_cache and all(layer.cached for layer in plan.layers) and previous is not None
-            and previous.get("definition", {}).get("sha256") == loaded.text_hash
-            and [x["key"] for x in previous.get("layers", [])] == [x.key for x in plan.layers]
-            and outputs_unchanged(out_dir, previous)):
+    if _up_to_date(plan, options):
         plan.up_to_date = True
         rep.message(f"nothing to do: {out_dir} is up to date with {loaded.path}")
         return BuildResult(plan, manifest=out_dir / "manifest.json", nothing_to_do=True)
     if options.dry_run:
         return BuildResult(plan)
+    choice = plan.backend
     verdict = accel.detect()
     facts: dict[str, Any] = {"definition": loaded.definition.name}
+    if any(not layer.cached for layer in plan.layers):
+        rep.message(f"backend: {choice.name} ({choice.reason})")
     parent: tuple[Path, str] = (base.path, base.format)
     for layer in plan.layers:
         t = time.monotonic()
@@ -361,14 +386,21 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(),
             store.touch(layer.key)
             parent = (existing, "qcow2")
             continue
-        rep.stage(f"layer {layer.index}/{len(plan.layers)} {layer.name}: {len(layer.ops)} step(s) "
-                  f"(accelerator {verdict.name})")
-        parent = (_build_layer(layer, parent, options=options, store=store, reporter=rep, facts=facts), "qcow2")
+        how = "backend chroot" if choice.name == "chroot" else f"accelerator {verdict.name}"
+        rep.stage(f"layer {layer.index}/{len(plan.layers)} {layer.name}: {len(layer.ops)} step(s) ({how})")
+        parent = (_build_layer(layer, parent, session=plan.session, store=store, reporter=rep, facts=facts),
+                  "qcow2")
         timings[f"layer:{layer.name}"] = time.monotonic() - t
     if "guest" not in facts:
-        facts["guest"] = _guest_facts_from_cache(store, plan)
+        cached = _cached_meta(store, plan)
+        facts["guest"] = cached.get("guest") if isinstance(cached.get("guest"), dict) else None
+        facts["backend"] = cached.get("backend", "appliance" if cached else None)
     results = _write_outputs(loaded, out_dir, parent, rep, timings)
+    rep.stage(f"manifest: {out_dir / 'manifest.json'}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     record = _manifest(plan, base, results, facts=facts, timings=timings, accel_name=verdict.name)
+    record["backend"] = {"used": facts.get("backend"), "requested": plan.session.backend,
+                         "reason": choice.reason}
     manifest = write_manifest(out_dir, record)
     write_sums(out_dir, [r.to_json() for r in results])
     result = BuildResult(plan, results, manifest, appliance.launch_count() - launches_before, timings)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .render import Progress, print_json
+from ..guest.backend import BACKENDS
+from .render import Progress, print_json, use_live
+
+if TYPE_CHECKING:  # the pipeline pulls in pydantic and the guest modules: imported when building
+    from ..definition import LoadedDefinition
+    from ..disk.convert import ConvertResult
+    from ..pipeline import BuildOptions, BuildResult
 
 EPILOG = """\
 The build reuses every cached layer whose inputs are unchanged (a layer's key hashes
@@ -39,6 +46,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-test", dest="boot_test", action="store_false", default=None,
                    help="skip the boot test even if the definition asks for it")
     p.add_argument("--test", dest="boot_test", action="store_true", help="run the boot test even if not asked")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="override the definition's backend: appliance, chroot (root only, fast without KVM) "
+                        "or auto (chroot for verified sources when root)")
+    p.add_argument("--trust-image", action="store_true",
+                   help="treat a source without a checksum as trusted (lets auto use the chroot backend)")
     p.add_argument("-m", "--memsize", type=int, default=None, metavar="MB", help="appliance memory in MiB")
     p.add_argument("--no-network", dest="network", action="store_false", default=True,
                    help="disable the appliance network")
@@ -49,7 +61,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 class _BarOrLines:
-    """Conversion/download progress: one line per 25 % when not a TTY, a rewritten line on a TTY."""
+    """Conversion/download progress in the plain view: one line per 25 %, or a rewritten line on a TTY.
+
+    The TTY branch is reached only with --debug: otherwise a terminal gets the live view.
+    """
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -79,21 +94,60 @@ def _plan_lines(plan: Any) -> list[str]:
         lines.append(f"  sysprep: {name} dropped because {why}")
     for o in plan.definition.definition.outputs:
         lines.append(f"  output: {o.preset or o.format}")
+    choice = plan.backend
+    lines.append(f"  backend: {choice.name} ({choice.reason})")
     lines.append(f"  into: {plan.output_dir}")
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..definition import load_definition  # heavy imports (pydantic, paramiko) only when building
-    from ..pipeline import BuildOptions, Reporter, build
-    loaded = load_definition(args.definition, overrides=args.overrides)
+def _debugging(args: argparse.Namespace) -> bool:
+    """--debug (or its environment forms): host commands and libguestfs traces are written to stderr."""
+    return bool(getattr(args, "debug", False) or os.environ.get("IMGSMITH_DEBUG")
+                or os.environ.get("IMGSMITH_GUESTFS_TRACE"))
+
+
+def _output_summary(r: ConvertResult) -> str:
+    from ..disk.sizes import format_size
+    kind = f"{r.format} ({r.preset})" if r.preset else r.format
+    return f"{kind}  {format_size(r.file_size)}"
+
+
+def _build_live(loaded: LoadedDefinition, options: BuildOptions, args: argparse.Namespace) -> BuildResult:
+    """The build under the rich live view (stderr is a terminal): a row per stage, redrawn in place."""
+    from ..pipeline import Reporter, build
+    from .live import LiveView  # rich is imported only on this path
+    with LiveView.for_stderr(verbose=args.verbose) as view:
+        reporter = Reporter(stage=view.stage, message=view.message, warn=view.warn, progress=view.progress,
+                            transfer=view.transfer)
+        result = build(loaded, options, reporter)
+        written = not (result.nothing_to_do or options.dry_run)
+        view.finish(manifest=result.manifest if written else None,
+                    outputs={r.path.name: _output_summary(r) for r in result.outputs})
+    return result
+
+
+def _build_plain(loaded: LoadedDefinition, options: BuildOptions, args: argparse.Namespace) -> BuildResult:
+    """The build with ``[  12.3] stage`` lines on stderr (not a terminal, -q, --json, --debug).
+
+    CI logs and tests parse these lines: their wording is the pipeline's, unchanged.
+    """
+    from ..pipeline import Reporter, build
     progress = Progress(quiet=args.quiet or args.json)
     reporter = Reporter(stage=progress.message, message=progress.message if args.verbose else lambda _m: None,
                         warn=progress.warn, progress=_BarOrLines(args.quiet or args.json))
+    return build(loaded, options, reporter)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..definition import load_definition  # heavy imports (pydantic, paramiko) only when building
+    from ..pipeline import BuildOptions
+    loaded = load_definition(args.definition, overrides=args.overrides)
     options = BuildOptions(output_dir=args.output_dir, no_cache=args.no_cache, dry_run=args.dry_run,
-                           memsize=args.memsize, network=args.network, boot_test=args.boot_test)
+                           memsize=args.memsize, network=args.network, boot_test=args.boot_test,
+                           backend=args.backend, trust_image=args.trust_image)
     start = time.monotonic()
-    result = build(loaded, options, reporter)
+    live = use_live(sys.stderr, quiet=args.quiet, json_mode=args.json, debug=_debugging(args))
+    result = (_build_live if live else _build_plain)(loaded, options, args)
     if args.json:
         data: dict[str, Any] = {
             "name": loaded.definition.name, "nothing_to_do": result.nothing_to_do, "dry_run": args.dry_run,

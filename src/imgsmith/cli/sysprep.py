@@ -143,7 +143,7 @@ def _render(args: argparse.Namespace, progress: Progress, result: SysprepResult)
         verb = "would change" if args.dry_run else "changed"
         progress.message(f"Finished: {len(result.operations)} operation(s) run, {touched} {verb} something in "
                          f"{args.disk} ({result.os.describe() if result.os else '?'}) in {result.seconds:.1f} s, "
-                         f"accelerator {result.accelerator}"
+                         + ("backend chroot" if result.backend == "chroot" else f"accelerator {result.accelerator}")
                          + (" — dry run, nothing committed" if args.dry_run else ""))
 
 

@@ -111,7 +111,10 @@ class Definition(_Strict):
     sysprep: SysprepSection | None = None
     outputs: list[Output] = Field(default_factory=list)
     test: TestSection | None = None
-    backend: Literal["appliance"] = "appliance"
+    backend: Literal["auto", "appliance", "chroot"] = Field(
+        "auto", description="how steps run: appliance (libguestfs VM), chroot (root only; mounts the image on the "
+                            "host and sandboxes its commands; much faster without KVM), or auto (chroot when root "
+                            "and the source is verified by checksum or bootstrapped, else the appliance)")
 
     @field_validator("size")
     @classmethod

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Guest", "OSInfo", "Stat"]
+__all__ = ["Guest", "OSInfo", "Stat", "family_of"]
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,7 @@ class OSInfo:
     @property
     def family(self) -> str:
         """redhat, debian, suse or other: the unit most per-distro behaviour depends on."""
-        if self.distro in REDHAT_DISTROS:
-            return "redhat"
-        if self.distro in ("debian", "ubuntu", "linuxmint", "kalilinux"):
-            return "debian"
-        if self.distro in ("opensuse", "sles", "suse-based"):
-            return "suse"
-        return "other"
+        return family_of(self.distro)
 
     def describe(self) -> str:
         return f"{self.product_name or self.distro} {self.major}.{self.minor} ({self.arch})"
@@ -54,6 +48,16 @@ REDHAT_DISTROS = frozenset({
     "rhel", "centos", "fedora", "rocky", "almalinux", "oraclelinux", "scientificlinux",
     "redhat-based", "circle", "virtuozzo", "openeuler", "kylin",
 })
+
+
+def family_of(distro: str) -> str:
+    if distro in REDHAT_DISTROS:
+        return "redhat"
+    if distro in ("debian", "ubuntu", "linuxmint", "kalilinux"):
+        return "debian"
+    if distro in ("opensuse", "sles", "suse-based"):
+        return "suse"
+    return "other"
 
 
 @dataclass(frozen=True)

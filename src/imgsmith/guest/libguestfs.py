@@ -9,6 +9,7 @@ and every Guest call maps to one or two libguestfs calls. Errors from libguestfs
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 from .. import proc
 from ..errors import GuestError, ProcessError
 from .api import Guest, OSInfo, Stat
+from .treeinspect import choose_root, init_system, selinux_enabled
 
 __all__ = ["ApplianceGuest", "inspect_and_mount"]
 
@@ -37,50 +39,10 @@ def _call(what: str, fn: Callable[[], T]) -> T:
         raise GuestError(f"{what}: {msg}") from exc
 
 
-def _choose_root(g: Any, roots: list[str], root_choice: str) -> str:
-    if not roots:
-        raise GuestError("no operating system was found on the disk",
-                         hint="is this a bootable guest image? `imgsmith info --inspect DISK` shows what is there")
-    if root_choice == "first":
-        return sorted(roots)[0]
-    if root_choice in ("single", "ask"):
-        if len(roots) > 1:
-            names = ", ".join(f"{r} ({g.inspect_get_product_name(r)})" for r in roots)
-            raise GuestError(f"the disk holds several operating systems: {names}",
-                             hint="choose one with --root DEVICE (or --root first)")
-        return roots[0]
-    if root_choice not in roots:
-        raise GuestError(f"--root {root_choice}: not an operating system root; found: {', '.join(roots)}")
-    return root_choice
-
-
-def _selinux_enabled(g: Any) -> bool:
-    """SELinux is in use when its tools are installed and the config does not disable it.
-
-    Like libguestfs's own test, a config file alone is not enough: without load_policy
-    the guest cannot load a policy, so labels (and /.autorelabel) would be meaningless.
-    """
-    path = "/etc/selinux/config"
-    if not g.is_file(path, followsymlinks=True):
-        return False
-    if not any(g.is_file(p, followsymlinks=True) for p in ("/usr/sbin/load_policy", "/sbin/load_policy")):
-        return False
-    text = g.cat(path)
-    m = re.search(r"^\s*SELINUX\s*=\s*(\w+)", text, re.MULTILINE)
-    return bool(m and m.group(1).lower() in ("enforcing", "permissive"))
-
-
-def _init_system(g: Any) -> str:
-    for path in ("/usr/lib/systemd/systemd", "/lib/systemd/systemd"):
-        if g.is_file(path, followsymlinks=True):
-            return "systemd"
-    return "sysvinit"
-
-
 def inspect_and_mount(g: Any, root_choice: str = "single") -> OSInfo:
     """Inspect the launched handle, mount the chosen root's filesystems, return what was found."""
     roots = _call("inspection", g.inspect_os)
-    root = _choose_root(g, roots, root_choice)
+    root = choose_root(roots, root_choice, g.inspect_get_product_name)
     mps = _call("inspection", lambda: g.inspect_get_mountpoints(root))
     for mp in sorted(mps, key=len):
         try:
@@ -100,16 +62,16 @@ def inspect_and_mount(g: Any, root_choice: str = "single") -> OSInfo:
         except (RuntimeError, ValueError):
             return 0
 
-    return OSInfo(
+    info = OSInfo(
         type=text("inspect_get_type"), distro=text("inspect_get_distro"),
         major=number("inspect_get_major_version"), minor=number("inspect_get_minor_version"),
         arch=text("inspect_get_arch"), product_name=text("inspect_get_product_name"),
         package_format=text("inspect_get_package_format"),
         package_management=text("inspect_get_package_management"),
-        hostname=text("inspect_get_hostname"), root=root,
-        selinux=_selinux_enabled(g), init=_init_system(g),
-        mountpoints=tuple(sorted(mps.items())),
+        hostname=text("inspect_get_hostname"), root=root, mountpoints=tuple(sorted(mps.items())),
     )
+    probe = ApplianceGuest(g, info)
+    return dataclasses.replace(info, selinux=selinux_enabled(probe), init=init_system(probe))
 
 
 class ApplianceGuest(Guest):

@@ -1,15 +1,24 @@
-"""Opening a guest: one appliance launch, inspection, mounts; always torn down."""
+"""Opening a guest with the chosen backend; always torn down.
+
+The appliance: one libguestfs launch, inspection, mounts. The chroot backend: the image
+exposed as a loop device, filesystems mounted on the host, commands in a sandbox. Both
+yield the same Guest API; callers commit the disk only after the context exits cleanly,
+because leaving it is what flushes every write (appliance shutdown, unmount, storage
+daemon exit).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .api import Guest
 from .appliance import Drive, open_handle
+from .backend import Choice, choose
 from .libguestfs import ApplianceGuest, inspect_and_mount
 
 __all__ = ["SessionOptions", "open_guest"]
@@ -17,33 +26,86 @@ __all__ = ["SessionOptions", "open_guest"]
 log = logging.getLogger("imgsmith.guest")
 
 
+def _default_expose() -> str:
+    return os.environ.get("IMGSMITH_CHROOT_EXPOSE", "fuse")
+
+
 @dataclass(frozen=True)
 class SessionOptions:
-    """How to open the guest: appliance network, memory, root choice, libguestfs tracing."""
+    """How to open the guest: backend, appliance network/memory, root choice, tracing."""
 
     network: bool = True
     memsize: int | None = None
     root: str = "single"
     trace: bool = False
     readonly: bool = False
+    backend: str = "auto"  # auto | appliance | chroot
+    trusted: bool = False  # verified source or --trust-image: lets auto pick chroot
+    expose: str = field(default_factory=_default_expose)  # chroot: fuse | raw
+
+    def choice(self) -> Choice:
+        return choose(self.backend, trusted=self.trusted, expose=self.expose)
+
+
+def _describe(guest: Guest) -> None:
+    info = guest.os
+    log.info("guest: %s, root %s, package manager %s, SELinux %s, init %s (backend %s)",
+             info.describe(), info.root, info.package_management,
+             "on" if info.selinux else "off", info.init, guest.backend)
 
 
 @contextlib.contextmanager
-def open_guest(disk: Path, fmt: str, options: SessionOptions = SessionOptions()) -> Iterator[Guest]:
-    """Launch the appliance on *disk* (format given explicitly), inspect and mount its OS.
-
-    The handle is shut down on every path; ``shutdown()`` is what flushes writes
-    to the disk, so it runs before the caller commits anything.
-    """
+def _appliance(disk: Path, fmt: str, options: SessionOptions) -> Iterator[Guest]:
     g = open_handle([Drive(disk, fmt, options.readonly)], network=options.network,
                     memsize=options.memsize, trace=options.trace)
     try:
-        info = inspect_and_mount(g, options.root)
-        log.info("guest: %s, root %s, package manager %s, SELinux %s, init %s",
-                 info.describe(), info.root, info.package_management,
-                 "on" if info.selinux else "off", info.init)
-        yield ApplianceGuest(g, info)
+        guest = ApplianceGuest(g, inspect_and_mount(g, options.root))
+        _describe(guest)
+        yield guest
         g.umount_all()
         g.shutdown()
     finally:
         g.close()
+
+
+@contextlib.contextmanager
+def _chroot(disk: Path, fmt: str, options: SessionOptions) -> Iterator[Guest]:
+    from .blockdev import expose
+    from .mounts import mount_guest
+    from .rollback import Session, sweep_stale
+
+    sweep_stale()
+    session = Session(f"chroot {disk}")
+    with session.held():
+        device = expose(session, disk, fmt, method=options.expose, workdir=disk.parent)
+        guest = mount_guest(session, device, root_choice=options.root, network=options.network)
+        _describe(guest)
+        yield guest
+        for kind in ("mount", "loop", "daemon", "fuse"):  # flush in order: fs, loop, qcow2
+            session.pop_while(kind)
+        device.write_back()
+
+
+@contextlib.contextmanager
+def open_guest(disk: Path, fmt: str, options: SessionOptions = SessionOptions(),
+               message: Callable[[str], None] = lambda _m: None) -> Iterator[Guest]:
+    """Open the OS in *disk* (format given explicitly) with the backend *options* select.
+
+    With ``auto``, an image the chroot backend cannot handle (LVM, a foreign
+    architecture...) is opened with the appliance instead, and *message* says why.
+    """
+    from .chroot import ChrootUnsupported
+
+    choice = options.choice()
+    with contextlib.ExitStack() as stack:
+        guest: Guest | None = None
+        if choice.name == "chroot":
+            try:
+                guest = stack.enter_context(_chroot(disk, fmt, options))
+            except ChrootUnsupported as exc:
+                if not choice.fallback:
+                    raise
+                message(f"chroot backend: {exc.message}; using the appliance")
+        if guest is None:
+            guest = stack.enter_context(_appliance(disk, fmt, options))
+        yield guest

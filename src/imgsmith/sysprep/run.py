@@ -58,6 +58,7 @@ class SysprepResult:
     seconds: float
     relabel: str | None = None
     warnings: list[str] = field(default_factory=list)
+    backend: str = "appliance"
 
 
 def check_options(selected: Sequence[str], customize_ops: Sequence[Operation], options: SysprepOptions) -> None:
@@ -168,5 +169,5 @@ def sysprep_disk(
     return SysprepResult(
         disk=disk, format=done.format, os=done.os, operations=done.value.operations, committed=done.committed,
         accelerator=done.accelerator, launches=done.launches, seconds=done.seconds, relabel=done.value.relabel,
-        warnings=warnings,
+        warnings=warnings, backend=done.backend,
     )
