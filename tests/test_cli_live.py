@@ -413,7 +413,7 @@ def test_cli_json_result_is_unchanged_and_never_imports_rich(served: Path, tmp_p
     assert report == {"rc": 0, "rich": []}, stderr
     data = json.loads(stdout)
     assert list(data) == ["name", "nothing_to_do", "dry_run", "output_dir", "layers", "dropped_sysprep", "outputs",
-                          "manifest", "launches", "seconds", "boot_test"]
+                          "manifest", "launches", "sessions", "backend", "seconds", "boot_test"]
     assert [o["format"] for o in data["outputs"]] == ["qcow2", "vmdk"]
     assert stderr == ""
 

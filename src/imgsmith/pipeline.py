@@ -32,7 +32,7 @@ from .errors import UsageError
 from .guest import appliance
 from .guest.backend import Choice
 from .guest.facts import installed_packages, kernels
-from .guest.session import SessionOptions, open_guest
+from .guest.session import SessionOptions, open_guest, session_count
 from .manifest import outputs_unchanged, read_manifest, write_manifest, write_sums
 from .ops.accounts import SshInject
 from .ops.base import ApplyContext, Operation, Settings
@@ -108,7 +108,9 @@ class BuildResult:
     plan: BuildPlan
     outputs: list[ConvertResult] = field(default_factory=list)
     manifest: Path | None = None
-    launches: int = 0
+    launches: int = 0  # appliance launches
+    sessions: int = 0  # guest sessions of any backend (one per uncached layer)
+    backend: str | None = None  # the backend the uncached layers ran with
     timings: dict[str, float] = field(default_factory=dict)
     nothing_to_do: bool = False
     boot: dict[str, Any] | None = None
@@ -358,7 +360,7 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(),
     timings: dict[str, float] = {}
     cache = options.cache_dir or cache_root()
     store = LayerStore(cache / "layers")
-    launches_before = appliance.launch_count()
+    launches_before, sessions_before = appliance.launch_count(), session_count()
     t = time.monotonic()
     base = _resolve_base(loaded, cache, rep)
     timings["source"] = time.monotonic() - t
@@ -403,7 +405,8 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(),
                          "reason": choice.reason}
     manifest = write_manifest(out_dir, record)
     write_sums(out_dir, [r.to_json() for r in results])
-    result = BuildResult(plan, results, manifest, appliance.launch_count() - launches_before, timings)
+    result = BuildResult(plan, results, manifest, appliance.launch_count() - launches_before,
+                         session_count() - sessions_before, facts.get("backend"), timings)
     run_boot = options.boot_test if options.boot_test is not None else bool(
         loaded.definition.test and loaded.definition.test.boot)
     if run_boot:

@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
             "layers": [{"name": x.name, "key": x.key, "cached": x.cached} for x in result.plan.layers],
             "dropped_sysprep": [n for n, _ in result.plan.dropped_sysprep],
             "outputs": [r.to_json() for r in result.outputs], "manifest": str(result.manifest or ""),
-            "launches": result.launches, "seconds": round(time.monotonic() - start, 2), "boot_test": result.boot,
+            "launches": result.launches, "sessions": result.sessions, "backend": result.backend,
+            "seconds": round(time.monotonic() - start, 2), "boot_test": result.boot,
         }
         print_json(data)
         return 0
@@ -169,5 +170,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r.path}  {r.format}  {r.file_size:,} bytes  sha256:{r.sha256[:16]}…")
     if result.boot is not None:
         print(f"boot test: passed ({len(result.boot.get('checks', []))} check(s))")
-    print(f"manifest: {result.manifest}  ({time.monotonic() - start:.1f} s, {result.launches} appliance launch(es))")
+    ran = f"{result.sessions} layer session(s), backend {result.backend}" if result.sessions else "all layers cached"
+    print(f"manifest: {result.manifest}  ({time.monotonic() - start:.1f} s, {ran})")
     return 0

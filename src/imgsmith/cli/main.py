@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
-from types import ModuleType
+from types import FrameType, ModuleType
 
 from .. import __version__
 from ..errors import ImgsmithError
@@ -57,6 +59,10 @@ def error(message: str, hint: str | None = None) -> None:
         print(f"imgsmith: hint: {hint}", file=sys.stderr)
 
 
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         import resource
         atexit.register(lambda: print(f"imgsmith: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} KiB",
                                       file=sys.stderr))
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C: overlays are deleted, mounts and loop devices released.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return func(args)
     except ImgsmithError as exc:

@@ -21,9 +21,15 @@ from .appliance import Drive, open_handle
 from .backend import Choice, choose
 from .libguestfs import ApplianceGuest, inspect_and_mount
 
-__all__ = ["SessionOptions", "open_guest"]
+__all__ = ["SessionOptions", "open_guest", "session_count"]
 
 log = logging.getLogger("imgsmith.guest")
+_opened = [0]
+
+
+def session_count() -> int:
+    """Guest sessions opened by this process, whatever the backend (tests count cache misses with it)."""
+    return _opened[0]
 
 
 def _default_expose() -> str:
@@ -97,6 +103,7 @@ def open_guest(disk: Path, fmt: str, options: SessionOptions = SessionOptions(),
     from .chroot import ChrootUnsupported
 
     choice = options.choice()
+    _opened[0] += 1
     with contextlib.ExitStack() as stack:
         guest: Guest | None = None
         if choice.name == "chroot":
