@@ -27,3 +27,9 @@ def fresh_guest(tmp_path: Path) -> Callable[..., Path]:
         return fresh_copy(distro, tmp_path, fmt=fmt, extra=extra)
 
     return make
+
+
+@pytest.fixture(params=["appliance", "chroot"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each guest test runs on both backends: their results on the guest must be the same."""
+    return str(request.param)

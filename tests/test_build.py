@@ -36,7 +36,7 @@ layers:
       - mkdir: /opt/app
       - upload: files/app.conf:/opt/app/app.conf
       - install: [tmux]
-  - name: final
+{slow}  - name: final
     steps:
       - root-password: {{env: BUILD_TEST_PW}}
       - ssh-inject: root:string:ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildTestKey build@test
@@ -49,13 +49,17 @@ outputs:
 """
 
 
-def run_build(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_build(workdir: Path, *args: str, env: dict[str, str], backend: str | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    flag = ["--backend", backend] if backend else []
     return subprocess.run([*IMGSMITH, "build", str(workdir / "image.yaml"), "-o", str(workdir / "out"), "--json",
-                           *args], capture_output=True, text=True, env=env, cwd=workdir, check=False)
+                           *flag, *args], capture_output=True, text=True, env=env, cwd=workdir, check=False)
 
 
-def write_definition(workdir: Path, build_id: str) -> None:
-    (workdir / "image.yaml").write_text(DEFINITION.format(build_id=build_id))
+def write_definition(workdir: Path, build_id: str, *, slow: bool = False) -> None:
+    """*slow*: a first layer that takes long enough to be killed in the middle (chroot steps take ms)."""
+    (workdir / "image.yaml").write_text(DEFINITION.format(build_id=build_id,
+                                                          slow="      - run-command: sleep 20\n" if slow else ""))
 
 
 @pytest.fixture
@@ -88,10 +92,13 @@ def _cache_layers(cache: Path) -> list[str]:
     return sorted(p.name for p in layers.iterdir() if not p.name.startswith(".")) if layers.exists() else []
 
 
-def test_build_cache_kills_and_secrets(project: tuple[Path, dict[str, str]]) -> None:
+def test_build_cache_kills_and_secrets(project: tuple[Path, dict[str, str]], backend: str) -> None:
     workdir, env = project
+    chroot = backend == "chroot"
+    write_definition(workdir, "one", slow=chroot)
     # 1. kill -9 in the middle of the first layer: no cache entry, no output.
-    proc = subprocess.Popen([*IMGSMITH, "build", str(workdir / "image.yaml"), "-o", str(workdir / "out")],
+    proc = subprocess.Popen([*IMGSMITH, "build", str(workdir / "image.yaml"), "-o", str(workdir / "out"),
+                             "--backend", backend],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=workdir)
     _wait_for(proc, "layer 1/2", 600)
     time.sleep(3)
@@ -103,11 +110,14 @@ def test_build_cache_kills_and_secrets(project: tuple[Path, dict[str, str]]) -> 
     assert not (workdir / "out").exists() or not [p for p in (workdir / "out").iterdir()
                                                    if not p.name.startswith(".")]
 
-    # 2. cold build: one launch per layer (sysprep shares the last layer's launch).
-    r = run_build(workdir, env=env)
+    # 2. cold build: one guest session per layer (sysprep shares the last layer's session).
+    r = run_build(workdir, env=env, backend=backend)
     assert r.returncode == 0, r.stderr
+    if chroot:  # the killed build's mounts, loop device and storage daemon were released first
+        assert f"(pid {proc.pid}) that did not exit cleanly" in r.stderr
     cold = json.loads(r.stdout)
-    assert cold["launches"] == 2 and [x["cached"] for x in cold["layers"]] == [False, False]
+    assert cold["sessions"] == 2 and [x["cached"] for x in cold["layers"]] == [False, False]
+    assert (cold["backend"], cold["launches"]) == (backend, 0 if chroot else 2)
     assert cold["dropped_sysprep"] == ["ssh-userdir"]  # it would undo the ssh-inject step
     out = workdir / "out"
     manifest = json.loads((out / "manifest.json").read_text())
@@ -122,6 +132,7 @@ def test_build_cache_kills_and_secrets(project: tuple[Path, dict[str, str]]) -> 
     assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
     assert manifest["guest"]["distro"] == "debian" and manifest["guest"]["packages"]
     assert manifest["source"]["checksum"].startswith("sha256:")
+    assert manifest["backend"]["used"] == backend
     assert [x["key"] for x in manifest["layers"]] == [x["key"] for x in cold["layers"]]
     files = read_files(out / "fixture.qcow2", ["/opt/app/app.conf", "/etc/build-id", "/root/.ssh/authorized_keys",
                                                 "/var/log/pkgstub.log", "/etc/machine-id", "/etc/shadow"])
@@ -135,21 +146,21 @@ def test_build_cache_kills_and_secrets(project: tuple[Path, dict[str, str]]) -> 
     assert not [b for b in blobs if SECRET in b]
 
     # 3. unchanged rebuild: nothing to do, no launch.
-    r = run_build(workdir, env=env)
+    r = run_build(workdir, env=env, backend=backend)
     assert r.returncode == 0 and json.loads(r.stdout)["nothing_to_do"] is True
 
     # 4. change the last layer's last step: only that layer runs.
-    write_definition(workdir, "two")
-    r = run_build(workdir, env=env)
+    write_definition(workdir, "two", slow=chroot)
+    r = run_build(workdir, env=env, backend=backend)
     assert r.returncode == 0, r.stderr
     warm = json.loads(r.stdout)
-    assert warm["launches"] == 1 and [x["cached"] for x in warm["layers"]] == [True, False]
+    assert warm["sessions"] == 1 and [x["cached"] for x in warm["layers"]] == [True, False]
     assert warm["layers"][0]["key"] == cold["layers"][0]["key"]
 
     # 5. kill -9 during the conversions: no partial file at any destination; the rebuild completes.
     for p in out.iterdir():
         p.unlink()
-    proc = subprocess.Popen([*IMGSMITH, "build", str(workdir / "image.yaml"), "-o", str(out)],
+    proc = subprocess.Popen([*IMGSMITH, "build", str(workdir / "image.yaml"), "-o", str(out), "--backend", backend],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=workdir)
     _wait_for(proc, "outputs:", 300)
     proc.send_signal(signal.SIGKILL)
@@ -157,8 +168,8 @@ def test_build_cache_kills_and_secrets(project: tuple[Path, dict[str, str]]) -> 
     assert proc.stderr is not None
     proc.stderr.close()
     assert not [p for p in out.iterdir() if not p.name.startswith(".")]
-    r = run_build(workdir, env=env)
-    assert r.returncode == 0 and json.loads(r.stdout)["launches"] == 0
+    r = run_build(workdir, env=env, backend=backend)
+    assert r.returncode == 0 and json.loads(r.stdout)["sessions"] == 0
     assert (out / "fixture.qcow2").exists() and (out / "manifest.json").exists()
 
 
@@ -209,7 +220,8 @@ def test_centos7_example_from_a_local_mirror(centos_mirror: str, tmp_path: Path)
                        capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
-    assert result["launches"] == 2
+    # A verified source (the official sha256sum.txt matched) and root: auto picks the chroot backend.
+    assert (result["sessions"], result["backend"], result["launches"]) == (2, "chroot", 0)
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".sha256")) == [
         "SHA256SUMS", "centos7-golden-aliyun.qcow2", "centos7-golden-openstack.qcow2",
         "centos7-golden-tencent.qcow2", "manifest.json"]

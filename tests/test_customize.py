@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from guests import Entry, read_files, sha256_file, tree
+from guests import Entry, fresh_copy, read_files, sha256_file, tree
 from imgsmith.ops.crypto import verify_password
 
 pytestmark = pytest.mark.guest
@@ -26,10 +26,10 @@ KEY2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey2ForImgsmithTests key2@test"
 SELINUX_EXTRA = {"/usr/sbin/load_policy": "#!/bin/sh\nexit 0\n"}
 
 
-def customize(disk: Path, *args: str, cwd: Path | None = None, check: bool = True
+def customize(disk: Path, *args: str, backend: str = "appliance", cwd: Path | None = None, check: bool = True
               ) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([*IMGSMITH, "customize", "-a", str(disk), *args], capture_output=True, text=True,
-                       cwd=cwd, check=False)
+    r = subprocess.run([*IMGSMITH, "customize", "-a", str(disk), "--backend", backend, *args], capture_output=True,
+                       text=True, cwd=cwd, check=False)
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -45,9 +45,10 @@ def shadow_hash(entries: dict[str, Entry], user: str) -> str:
     raise AssertionError(f"{user} not in shadow")
 
 
-@pytest.fixture
-def host_files(tmp_path: Path) -> dict[str, Path]:
+@pytest.fixture(scope="module")
+def host_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Host-side inputs: an upload owned by 1000:1000 mode 0640, a tree to copy in, scripts, a key."""
+    tmp_path = tmp_path_factory.mktemp("inputs")
     up = tmp_path / "uploaded.txt"
     up.write_text("uploaded content\n")
     os.chown(up, 1000, 1000)
@@ -148,23 +149,32 @@ def assert_centos_effects(t: dict[str, Entry]) -> None:
     assert t["/usr/lib/virt-sysprep/firstboot.sh"].mode == 0o755
 
 
+@pytest.fixture(scope="module")
+def virt_customize_tree(host_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Entry]:
+    """The reference: the same option lines through the real virt-customize, run once for both backends."""
+    theirs = fresh_copy("centos7", tmp_path_factory.mktemp("reference"), extra=SELINUX_EXTRA)
+    env = {**os.environ, "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
+    ref_run = subprocess.run(["virt-customize", "--format", "qcow2", "-a", theirs, *centos_ops(host_files)],
+                             check=False, env=env, cwd=host_files["dir"], capture_output=True, text=True)
+    assert ref_run.returncode == 0, ref_run.stdout + ref_run.stderr
+    return tree(theirs)
+
+
+@pytest.mark.differential
 def test_every_option_on_centos7_and_same_tree_as_virt_customize(
-        fresh_guest: Callable[..., Path], host_files: dict[str, Path]) -> None:
-    """The differential test: identical option lines through virt-customize and imgsmith."""
+        fresh_guest: Callable[..., Path], host_files: dict[str, Path], backend: str,
+        virt_customize_tree: dict[str, Entry]) -> None:
+    """The differential test: identical option lines through virt-customize and imgsmith (each backend)."""
     ours = fresh_guest("centos7", extra=SELINUX_EXTRA)
-    theirs = fresh_guest("centos7", extra=SELINUX_EXTRA)
     ops = centos_ops(host_files)
-    r = customize(ours, "--json", *ops, cwd=host_files["dir"])
+    r = customize(ours, "--json", *ops, backend=backend, cwd=host_files["dir"])
     result = json.loads(r.stdout)
-    assert result["launches"] == 1 and result["committed"] is True
+    assert result["backend"] == backend and result["committed"] is True
+    assert result["launches"] == (1 if backend == "appliance" else 0)
     assert result["os"]["distro"] == "centos" and result["os"]["selinux"] is True
     assert "s3cret" not in r.stdout + r.stderr and "centospw" not in r.stdout + r.stderr
-    env = {**os.environ, "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
-    ref_run = subprocess.run(["virt-customize", "--format", "qcow2", "-a", theirs, *ops], check=False,
-                             env=env, cwd=host_files["dir"], capture_output=True, text=True)
-    assert ref_run.returncode == 0, ref_run.stdout + ref_run.stderr
 
-    mine, ref = tree(ours), tree(theirs)
+    mine, ref = tree(ours), virt_customize_tree
     assert_centos_effects(mine)
     # Passwords: both hashes are fresh-salted SHA-512 ($6$, CentOS 7) that verify.
     for user, pw in (("root", "s3cret"), ("centos", "centospw")):
@@ -187,7 +197,8 @@ def test_every_option_on_centos7_and_same_tree_as_virt_customize(
     assert not diffs, "\n".join(f"{p}: ours={a} theirs={b}" for p, a, b in diffs)
 
 
-def test_debian_accounts_hostname_timezone_and_apt(fresh_guest: Callable[..., Path], tmp_path: Path) -> None:
+def test_debian_accounts_hostname_timezone_and_apt(fresh_guest: Callable[..., Path], tmp_path: Path,
+                                                   backend: str) -> None:
     hosts = "127.0.0.1\tlocalhost\n127.0.1.1\tdebian12.example.com debian12\n"
     disk = fresh_guest("debian12", extra={"/etc/hosts": hosts})
     host_script = tmp_path / "host-script.sh"  # virt-sysprep's --script: runs on the host, cwd = guest's /
@@ -198,9 +209,9 @@ def test_debian_accounts_hostname_timezone_and_apt(fresh_guest: Callable[..., Pa
                   "--root-password", "password:rootpw", "--password", "debian:random",
                   "--password", "nobody:locked:password:x", "--ssh-inject", f"debian:string:{KEY1}",
                   "--install", "nginx,curl", "--update", "--uninstall", "vim",
-                  "--chmod", "700:/etc/hostname")
+                  "--chmod", "700:/etc/hostname", backend=backend)
     out = json.loads(r.stdout)
-    assert out["launches"] == 1
+    assert (out["backend"], out["launches"]) == (backend, 1 if backend == "appliance" else 0)
     # The random password goes to the user once (stderr in --json mode), never into the result.
     line = next(ln for ln in r.stderr.splitlines() if ln.startswith("Setting random password of debian to "))
     random_pw = line.rsplit(" ", 1)[1]
@@ -232,10 +243,10 @@ def test_debian_accounts_hostname_timezone_and_apt(fresh_guest: Callable[..., Pa
     ("opensuse", "$6$", "zypper -n in -l tmux", "/etc/HOSTNAME"),
     ("ubuntu2204", "$y$", "apt-get -q -y -o Dpkg::Options::=--force-confnew install tmux", "/etc/hostname"),
 ])
-def test_package_managers_and_hashes_per_distro(fresh_guest: Callable[..., Path], distro: str,
+def test_package_managers_and_hashes_per_distro(fresh_guest: Callable[..., Path], distro: str, backend: str,
                                                 hash_prefix: str, install_line: str, hostname_file: str) -> None:
     disk = fresh_guest(distro)
-    customize(disk, "--install", "tmux", "--root-password", "password:pw", "--hostname", "h1")
+    customize(disk, "--install", "tmux", "--root-password", "password:pw", "--hostname", "h1", backend=backend)
     files = read_files(disk, ["/var/log/pkgstub.log", "/etc/shadow", hostname_file])
     assert install_line in (files["/var/log/pkgstub.log"] or b"").decode()
     root = next(ln for ln in (files["/etc/shadow"] or b"").decode().splitlines() if ln.startswith("root:"))
@@ -243,11 +254,11 @@ def test_package_managers_and_hashes_per_distro(fresh_guest: Callable[..., Path]
     assert (files[hostname_file] or b"").strip() == b"h1"
 
 
-def test_failure_leaves_disk_byte_for_byte(fresh_guest: Callable[..., Path]) -> None:
+def test_failure_leaves_disk_byte_for_byte(fresh_guest: Callable[..., Path], backend: str) -> None:
     disk = fresh_guest("debian12")
     before = sha256_file(disk)
     r = customize(disk, "--write", "/etc/motd:changed", "--delete", "/etc/hostname",
-                  "--timezone", "Mars/Olympus_Mons", "--touch", "/never", check=False)
+                  "--timezone", "Mars/Olympus_Mons", "--touch", "/never", backend=backend, check=False)
     assert r.returncode == 1
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("imgsmith: error:")]
     assert err == ["imgsmith: error: step 3 --timezone Mars/Olympus_Mons: timezone 'Mars/Olympus_Mons' "
@@ -255,13 +266,13 @@ def test_failure_leaves_disk_byte_for_byte(fresh_guest: Callable[..., Path]) -> 
     assert sha256_file(disk) == before
 
 
-def test_dry_run_and_no_os(fresh_guest: Callable[..., Path], tmp_path: Path) -> None:
+def test_dry_run_and_no_os(fresh_guest: Callable[..., Path], tmp_path: Path, backend: str) -> None:
     disk = fresh_guest("centos7", fmt="raw")
     before = sha256_file(disk)
-    r = customize(disk, "-n", "--write", "/etc/motd:x", "--json")
+    r = customize(disk, "-n", "--write", "/etc/motd:x", "--json", backend=backend)
     assert json.loads(r.stdout)["committed"] is False
     assert sha256_file(disk) == before
     blank = tmp_path / "blank.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", blank, "64M"], check=True)
-    r = customize(blank, "--touch", "/x", check=False)
+    r = customize(blank, "--touch", "/x", backend=backend, check=False)
     assert r.returncode == 1 and "imgsmith: error: no operating system was found on the disk" in r.stderr

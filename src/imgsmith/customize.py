@@ -49,8 +49,8 @@ def modify_disk(disk: Path, work: Callable[[Guest], T], *, fmt: str | None = Non
     propagates after the overlay is deleted, leaving *disk* untouched.
     """
     start = time.monotonic()
+    choice = session.choice()  # a bad backend request fails before the disk is touched
     info = disk_info(disk, fmt)
-    choice = session.choice()
     if choice.name == "chroot":
         accelerator = "none"
         message(f"Examining the guest (backend: chroot, {choice.reason}) ...")

@@ -1,0 +1,213 @@
+"""The chroot backend's own guarantees: same inspection as the appliance, guest paths never escape to the
+host, teardown on SIGTERM and after kill -9, backend selection and its fallback. (Operation results on both
+backends are compared in test_customize.py and test_sysprep_guest.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from guests import DISTROS, read_files, sha256_file, tree
+from imgsmith.errors import GuestError, UsageError
+from imgsmith.guest import backend as backend_mod
+from imgsmith.guest.chroot import resolve_in_root
+from imgsmith.guest.rollback import RUN_DIR
+
+IMGSMITH = [sys.executable, "-m", "imgsmith.cli.main"]
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the chroot backend needs root")
+
+
+# --------------------------------------------------------------------------- unit: no images
+
+
+def test_resolve_in_root_follows_guest_symlinks_inside_the_guest(tmp_path: Path) -> None:
+    root = tmp_path / "guest"
+    (root / "etc").mkdir(parents=True)
+    (root / "usr/share/zoneinfo").mkdir(parents=True)
+    (root / "etc/localtime").symlink_to("/usr/share/zoneinfo/UTC")  # absolute: the guest's /, not the host's
+    (root / "etc/up").symlink_to("../../../../../../etc")  # climbing above / stays at /
+    (root / "loop").symlink_to("loop")
+    r = os.fspath(root)
+    assert resolve_in_root(r, "/etc/localtime", follow=True) == f"{r}/usr/share/zoneinfo/UTC"
+    assert resolve_in_root(r, "/etc/localtime", follow=False) == f"{r}/etc/localtime"
+    assert resolve_in_root(r, "/etc/up/passwd", follow=True) == f"{r}/etc/passwd"
+    assert resolve_in_root(r, "/../../etc/shadow", follow=True) == f"{r}/etc/shadow"
+    with pytest.raises(GuestError, match="too many levels of symbolic links"):
+        resolve_in_root(r, "/loop/x", follow=True)
+
+
+def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend_mod, "chroot_problems", lambda expose="fuse": [])
+    assert backend_mod.choose("auto", trusted=True).name == "chroot"
+    untrusted = backend_mod.choose("auto", trusted=False)
+    assert untrusted.name == "appliance" and "--trust-image" in untrusted.reason
+    assert backend_mod.choose("chroot", trusted=False).name == "chroot"  # asking for it is trusting it
+    assert backend_mod.choose("appliance", trusted=True).name == "appliance"
+    monkeypatch.setattr(backend_mod, "chroot_problems", lambda expose="fuse": ["it needs root (it mounts ...)"])
+    assert backend_mod.choose("auto", trusted=True).name == "appliance"
+    with pytest.raises(UsageError, match="--backend chroot: it needs root"):
+        backend_mod.choose("chroot", trusted=True)
+    with pytest.raises(UsageError, match="unknown backend 'vm'"):
+        backend_mod.choose("vm", trusted=True)
+
+
+def test_chroot_without_root_is_one_clear_error(tmp_path: Path) -> None:
+    disk = tmp_path / "d.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "16M"], check=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [*IMGSMITH, "customize", "-a", str(disk), "--backend", "chroot", "--touch", "/x"]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, cwd="/", check=False)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("imgsmith: error:")]
+    assert r.returncode == 2 and errors == ["imgsmith: error: --backend chroot: it needs root (it mounts the "
+                                            "image's filesystems)"], r.stderr
+
+
+# --------------------------------------------------------------------------- on phony guests
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_inspection_matches_the_appliance(guest_images: dict[str, Path]) -> None:
+    """One appliance launch inspects all five guests; the chroot backend must report the same facts."""
+    import guestfs
+
+    from imgsmith.guest.session import SessionOptions, open_guest
+    g = guestfs.GuestFS(python_return_dict=True)
+    for distro in DISTROS:
+        g.add_drive_opts(os.fspath(guest_images[distro]), format="qcow2", readonly=1)
+    g.launch()
+    fields = ("type", "distro", "major_version", "minor_version", "arch", "product_name", "package_format",
+              "package_management", "hostname")
+    theirs = {}
+    for root in g.inspect_os():
+        theirs[g.inspect_get_hostname(root)] = {f: getattr(g, f"inspect_get_{f}")(root) for f in fields}
+    g.close()
+    for distro in DISTROS:
+        with open_guest(guest_images[distro], "qcow2", SessionOptions(backend="chroot")) as guest:
+            o = guest.os
+            ours = {"type": o.type, "distro": o.distro, "major_version": o.major, "minor_version": o.minor,
+                    "arch": o.arch, "product_name": o.product_name, "package_format": o.package_format,
+                    "package_management": o.package_management, "hostname": o.hostname}
+            assert (o.root, o.mountpoints) == ("/dev/sda1", (("/", "/dev/sda1"),))
+        assert ours == theirs[f"{distro}.example.com"], distro
+    assert sha256_file(guest_images["debian12"])  # still readable; opened read-only by convention
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_guest_symlinks_never_reach_the_host(fresh_guest: Callable[..., Path]) -> None:
+    disk = fresh_guest("debian12")
+    name = f"imgsmith-escape-{uuid.uuid4().hex[:8]}"
+    host_victim = Path("/tmp") / name
+    r = subprocess.run([*IMGSMITH, "customize", "-a", str(disk), "--backend", "chroot",
+                        "--link", f"/tmp/{name}:/etc/evil",  # absolute symlink: the guest's /tmp
+                        "--write", "/etc/evil:written through a symlink",
+                        "--run-command", "hostname sandboxed && echo $$ > /pid-in-sandbox"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert not host_victim.exists()
+    assert os.uname().nodename != "sandboxed"  # the command's hostname change stayed in its namespace
+    files = read_files(disk, [f"/tmp/{name}", "/pid-in-sandbox", "/usr/sbin/policy-rc.d", "/etc/resolv.conf"])
+    assert files[f"/tmp/{name}"] == b"written through a symlink"
+    assert (files["/pid-in-sandbox"] or b"").strip() != b""  # the shell's pid in its own namespace
+    assert files["/usr/sbin/policy-rc.d"] is None  # the no-daemons guard is removed after each command
+    assert files["/etc/resolv.conf"] == b"nameserver 10.0.2.3\nsearch example.com\n"  # the guest's own again
+
+
+def _sessions_of(pid: int) -> list[Path]:
+    return sorted(RUN_DIR.glob(f"{pid}-*")) if RUN_DIR.is_dir() else []
+
+
+def _loops_backed_by(path_part: str) -> list[str]:
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
+    return [ln for ln in out.splitlines() if path_part in ln]
+
+
+def _start_slow_customize(disk: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([*IMGSMITH, "customize", "-a", str(disk), "--backend", "chroot",
+                             "--write", "/etc/motd:changed", "--run-command", "sleep 120"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if "Running: sleep 120" in line:
+            time.sleep(1)
+            return proc
+        if not line:
+            break
+    proc.kill()
+    raise AssertionError("the slow customize never reached its command")
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_sigterm_unwinds_and_kill9_is_swept_by_the_next_run(fresh_guest: Callable[..., Path]) -> None:
+    disk = fresh_guest("debian12")
+    before = sha256_file(disk)
+
+    # SIGTERM: exit 130, nothing committed, every mount/loop/daemon released on the way out.
+    proc = _start_slow_customize(disk)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted; nothing was committed" in err
+    assert _sessions_of(proc.pid) == [] and _loops_backed_by(f"/{proc.pid}-") == []
+    assert sha256_file(disk) == before
+
+    # kill -9: the session's record and its mounts survive imgsmith...
+    proc = _start_slow_customize(disk)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.stderr is not None
+    proc.stderr.close()
+    stale = _sessions_of(proc.pid)
+    assert len(stale) == 1
+    state = json.loads((stale[0] / "state.json").read_text())
+    kinds = [k for k, _ in state["resources"]]
+    assert {"loop", "mount", "daemon"} <= set(kinds)
+    loop = next(w for k, w in state["resources"] if k == "loop")
+    daemon_pid = int(next(w for k, w in state["resources"] if k == "daemon"))
+    assert sha256_file(disk) == before  # the overlay was never committed
+
+    # ...and the next chroot run, any run, releases them before it starts.
+    r = subprocess.run([*IMGSMITH, "customize", "-a", str(disk), "--backend", "chroot", "--touch", "/after"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert f"cleaning up after an imgsmith (pid {proc.pid}) that did not exit cleanly" in r.stderr
+    assert _sessions_of(proc.pid) == []
+    assert not [ln for ln in _loops_backed_by(loop) if ln.startswith(f"{loop}:")]
+    assert not Path(f"/proc/{daemon_pid}").exists() or "qemu-storage" not in Path(
+        f"/proc/{daemon_pid}/comm").read_text()
+    files = read_files(disk, ["/after", "/etc/motd"])
+    assert files["/after"] == b"" and files["/etc/motd"] != b"changed"
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_foreign_architecture_errors_or_falls_back(fresh_guest: Callable[..., Path]) -> None:
+    """An aarch64 guest cannot run on this host: chroot says so; auto falls back to the appliance."""
+    elf = bytearray(64)
+    elf[:7] = b"\x7fELF\x02\x01\x01"
+    elf[18:20] = (0xB7).to_bytes(2, "little")  # EM_AARCH64
+    disk = fresh_guest("debian12", extra={"/usr/bin/bash": bytes(elf)})  # /bin is a link to usr/bin
+    before = sha256_file(disk)
+    r = subprocess.run([*IMGSMITH, "customize", "-a", str(disk), "--backend", "chroot", "--touch", "/x"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 1 and sha256_file(disk) == before
+    assert "imgsmith: error: the guest is aarch64 and this host is x86_64: its programs cannot run here" in r.stderr
+    r = subprocess.run([*IMGSMITH, "customize", "-a", str(disk), "--trust-image", "--touch", "/x", "--json"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["backend"], out["launches"]) == ("appliance", 1)
+    assert "/x" in tree(disk)
