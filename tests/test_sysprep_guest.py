@@ -1,15 +1,19 @@
-"""imgsmith sysprep on real phony guests, and against the real virt-sysprep 1.48.
+"""imgsmith sysprep on real phony guests, with both backends, and against the real virt-sysprep 1.48.
 
 Appliance launches are the cost here (12-25 s each under TCG, more under load), so the
-module makes them all once, up front, two at a time, in one module-scoped fixture:
+module makes every run once, up front, in one module-scoped fixture, and the tests below
+only look at the resulting trees. Each of our runs is made with both backends:
 
-    ours    centos7+extras defaults (library), its re-run (idempotence), two --operations lists,
-            debian12 (CLI: customize --ssh-inject, then sysprep --hostname --ssh-inject --json),
-            ubuntu2204 and rocky9 defaults                                            8 launches
-    theirs  virt-sysprep on centos7+extras: defaults and the same two lists          3 launches
-    read    every result and the four pristine fixtures, in ONE read-only launch     1 launch
+    ours      centos7+extras defaults (library), its re-run (idempotence), two --operations lists,
+              debian12 (CLI: customize --ssh-inject, then sysprep --hostname --ssh-inject --json),
+              ubuntu2204 and rocky9 defaults
+                appliance: two at a time                                              8 launches
+                chroot: one at a time, alongside the appliance's first jobs           0 launches
+    theirs    virt-sysprep on centos7+extras: defaults and the same two lists         3 launches
+    read      every result and the four pristine fixtures, in ONE read-only launch    1 launch
 
-and the tests below only look at those trees.
+The appliance's library runs wait for the chroot ones: the launch counter is per process,
+so a chroot run's ``launches`` is exact only while no appliance of this process starts.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,8 @@ import pytest
 
 from guests import Entry, detect_format, guest_image, layout, read_tree
 from imgsmith.guest import appliance
+from imgsmith.guest.backend import chroot_problems
+from imgsmith.guest.session import SessionOptions
 from imgsmith.sysprep import SysprepOptions, SysprepResult, sysprep_disk
 
 pytestmark = [pytest.mark.guest, pytest.mark.xdist_group("sysprep-guest")]
@@ -43,7 +49,10 @@ USERS = {"centos7": "centos", "debian12": "debian", "ubuntu2204": "ubuntu", "roc
 LIST_ALL = ["all,-user-account"]
 LIST_USERS = ["user-account,ssh-hostkeys,machine-id", "-machine-id,net-hwaddr"]
 KEEP_USERS = ["--keep-user-accounts", "centos"]
-CENTOS_RUNS = ("ours-defaults", "theirs-defaults", "ours-all", "theirs-all", "ours-users", "theirs-users")
+BACKENDS = ("appliance", "chroot")
+OURS = {"ours-defaults": "centos7", "ours-rerun": "centos7", "ours-all": "centos7", "ours-users": "centos7",
+        "debian12": "debian12", "ubuntu2204": "ubuntu2204", "rocky9": "rocky9"}  # made with each backend
+THEIRS = ("theirs-defaults", "theirs-all", "theirs-users")  # centos7 as well
 
 
 def _centos_extra() -> dict[str, str]:
@@ -127,19 +136,24 @@ def read_snapshots(disks: Sequence[Path]) -> list[Snapshot]:
         for disk in disks:
             g.add_drive_opts(os.fspath(disk), format=detect_format(disk), readonly=True)
         g.launch()
-        snaps = []
-        for device in g.list_devices():
+        snaps: dict[int, Snapshot] = {}
+        for device in g.list_devices():  # /dev/sdz, /dev/sdaa...: matched to the disk by index, not by name
             part = next(p for p in g.list_partitions() if p.startswith(device) and p[len(device):] == "1")
             fstype = g.vfs_type(part)
             g.mount_options("ro,nouuid" if fstype == "xfs" else "ro", part, "/")
-            snaps.append(Snapshot(read_tree(g), g.vfs_uuid(part)))
+            snaps[g.device_index(device)] = Snapshot(read_tree(g), g.vfs_uuid(part))
             g.umount_all()
-        return snaps
+        return [snaps[i] for i in range(len(disks))]
     finally:
         g.close()
 
 
 # --------------------------------------------------------------------------- the runs
+
+
+def key(backend: str, name: str) -> str:
+    """The name of one of our runs made with *backend*: ``chroot-ours-defaults``."""
+    return f"{backend}-{name}"
 
 
 @dataclass
@@ -150,7 +164,9 @@ class Runs:
     results: dict[str, SysprepResult] = field(default_factory=dict)
     cli: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
     theirs: bool = False
-    launches: int = 0  # appliance launches of this process's (library) runs
+    backends: tuple[str, ...] = BACKENDS
+    chroot_problem: str = ""
+    launches: dict[str, int] = field(default_factory=dict)  # appliance launches of this process, per backend
 
 
 def _copy(source: Path, dest: Path) -> Path:
@@ -177,54 +193,81 @@ def _ops_flags(lists: Iterable[str]) -> list[str]:
     return [arg for item in lists for arg in ("--operations", item)]
 
 
-def _debian_cli(disk: Path, runs: Runs) -> None:
+def _debian_cli(backend: str, disk: Path, runs: Runs) -> None:
     """customize --ssh-inject, then a default sysprep that also customizes: the interplay, end to end."""
-    runs.cli["debian12-customize"] = _cli("customize", "-a", os.fspath(disk), "--ssh-inject", f"root:string:{KEY1}")
-    runs.cli["debian12"] = _cli("sysprep", "-a", os.fspath(disk), "--json", "--hostname", "clone.example.com",
-                                "--ssh-inject", f"root:string:{KEY2}")
+    name, b = key(backend, "debian12"), ("--backend", backend)
+    runs.cli[f"{name}-customize"] = _cli("customize", "-a", os.fspath(disk), *b, "--ssh-inject", f"root:string:{KEY1}")
+    runs.cli[name] = _cli("sysprep", "-a", os.fspath(disk), *b, "--json", "--hostname", "clone.example.com",
+                          "--ssh-inject", f"root:string:{KEY2}")
 
 
-def _make_runs(work: Path, *, with_theirs: bool) -> Runs:
-    runs = Runs()
+Jobs = list[Callable[[], None]]
+
+
+def _our_jobs(backend: str, disks: dict[str, Path], runs: Runs) -> tuple[Jobs, Jobs]:
+    """(jobs in their own processes, library jobs) of one backend, the longest first."""
+    session = SessionOptions(backend=backend)
+
+    def library(name: str, selection: list[str] | None, **kw: Any) -> Callable[[], None]:
+        def job() -> None:
+            runs.results[key(backend, name)] = sysprep_disk(disks[key(backend, name)], selection, session=session,
+                                                            **kw)
+        return job
+
+    def defaults_then_rerun() -> None:
+        library("ours-defaults", None)()
+        _copy(disks[key(backend, "ours-defaults")], disks[key(backend, "ours-rerun")])
+        library("ours-rerun", None)()
+
+    keep = SysprepOptions(keep_users=frozenset({"centos"}))
+    return ([lambda: _debian_cli(backend, disks[key(backend, "debian12")], runs)],
+            [defaults_then_rerun, library("ours-all", LIST_ALL), library("ours-users", LIST_USERS, options=keep),
+             library("ubuntu2204", None), library("rocky9", None)])
+
+
+def _make_runs(work: Path, *, with_theirs: bool, backends: tuple[str, ...]) -> Runs:
+    runs = Runs(theirs=with_theirs, backends=backends)
     # The cached images are resolved once: every copy and the "pristine" reads use the same files
     # even if tests/guests.py (part of their cache key) changes while this module runs.
     pristine = {f"pristine-{d}": guest_image(d, extra=CENTOS_EXTRA if d == "centos7" else None)
                 for d in ("centos7", "debian12", "ubuntu2204", "rocky9")}
-    sources = {**dict.fromkeys(CENTOS_RUNS, "centos7"), "debian12": "debian12", "ubuntu2204": "ubuntu2204",
-               "rocky9": "rocky9"}
-    disks = {name: _copy(pristine[f"pristine-{distro}"], work / f"{name}.qcow2") for name, distro in sources.items()}
-
-    def ours(name: str, selection: list[str] | None, **kw: Any) -> Callable[[], None]:
-        def job() -> None:
-            runs.results[name] = sysprep_disk(disks[name], selection, **kw)
-        return job
+    sources = {key(b, name): distro for b in backends for name, distro in OURS.items()}
+    sources |= dict.fromkeys(THEIRS if with_theirs else (), "centos7")
+    disks = {name: work / f"{name}.qcow2" for name in sources}
+    for name, distro in sources.items():
+        if not name.endswith("-ours-rerun"):  # that one is a copy of ours-defaults' result
+            _copy(pristine[f"pristine-{distro}"], disks[name])
 
     def theirs(name: str, flags: Sequence[str]) -> Callable[[], None]:
         return lambda: runs.cli.__setitem__(name, _virt_sysprep(disks[name], flags))
 
-    def defaults_then_rerun() -> None:
-        ours("ours-defaults", None)()
-        disks["ours-rerun"] = _copy(disks["ours-defaults"], work / "ours-rerun.qcow2")
-        ours("ours-rerun", None)()
+    processes, library = _our_jobs("appliance", disks, runs)
+    if with_theirs:
+        processes += [theirs("theirs-defaults", []), theirs("theirs-all", _ops_flags(LIST_ALL)),
+                      theirs("theirs-users", [*_ops_flags(LIST_USERS), *KEEP_USERS])]
+    chroot = [job for jobs in _our_jobs("chroot", disks, runs) for job in jobs] if "chroot" in backends else []
 
-    keep = SysprepOptions(keep_users=frozenset({"centos"}))
-    jobs: list[Callable[[], None]] = [
-        defaults_then_rerun, ours("ours-all", LIST_ALL), ours("ours-users", LIST_USERS, options=keep),
-        lambda: _debian_cli(disks["debian12"], runs), ours("ubuntu2204", None), ours("rocky9", None),
-    ]
-    if with_theirs:  # interleaved so that each of the two workers mixes both tools
-        jobs[1:1] = [theirs("theirs-defaults", [])]
-        jobs[3:3] = [theirs("theirs-all", _ops_flags(LIST_ALL))]
-        jobs[5:5] = [theirs("theirs-users", [*_ops_flags(LIST_USERS), *KEEP_USERS])]
-    else:
-        for name in ("theirs-defaults", "theirs-all", "theirs-users"):
-            del disks[name]
-    runs.theirs = with_theirs
-    launches = appliance.launch_count()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for future in [pool.submit(job) for job in jobs]:
+    def chroot_lane() -> None:
+        """One session at a time: two clones of one XFS guest cannot be mounted on the host at once."""
+        before = appliance.launch_count()
+        for job in chroot:
+            job()
+        runs.launches["chroot"] = appliance.launch_count() - before
+
+    def after(gate: Future[None], job: Callable[[], None]) -> Callable[[], None]:
+        def gated() -> None:
+            gate.result()
+            job()
+        return gated
+
+    start = appliance.launch_count()
+    with ThreadPoolExecutor(max_workers=2) as pool, ThreadPoolExecutor(max_workers=1) as lane:
+        gate = lane.submit(chroot_lane)
+        futures = [pool.submit(job) for job in processes]  # theirs and the CLI: no launch in this process
+        futures += [pool.submit(after(gate, job)) for job in library]
+        for future in [gate, *futures]:
             future.result()
-    runs.launches = appliance.launch_count() - launches
+    runs.launches["appliance"] = appliance.launch_count() - start - runs.launches.get("chroot", 0)
     order = [*disks, *pristine]
     everything = {**disks, **pristine}
     runs.snap = dict(zip(order, read_snapshots([everything[n] for n in order]), strict=True))
@@ -240,8 +283,22 @@ def runs(request: pytest.FixtureRequest) -> Iterator[Runs]:
     """
     wanted = any(item.module is request.module and item.get_closest_marker("differential")
                  for item in request.session.items)
+    problems = chroot_problems()
+    backends = BACKENDS if not problems else ("appliance",)
     with tempfile.TemporaryDirectory(prefix="imgsmith-sysprep-test-", dir="/var/tmp") as work:
-        yield _make_runs(Path(work), with_theirs=wanted and shutil.which("virt-sysprep") is not None)
+        made = _make_runs(Path(work), with_theirs=wanted and shutil.which("virt-sysprep") is not None,
+                          backends=backends)
+        made.chroot_problem = problems[0] if problems else ""
+        yield made
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, runs: Runs) -> str:
+    """Each test that looks at our results runs once per backend."""
+    name = str(request.param)
+    if name not in runs.backends:
+        pytest.skip(f"the chroot backend cannot run here: {runs.chroot_problem}")
+    return name
 
 
 def theirs_or_skip(runs: Runs) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -46,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         "accelerator": verdict.name,
         "accelerator_reason": verdict.reason + (" (cached)" if verdict.cached else ""),
     }
+    from ..guest.backend import chroot_problems
+    problems = chroot_problems(os.environ.get("IMGSMITH_CHROOT_EXPOSE", "fuse"))
+    report["chroot_backend"] = "available (root: --backend chroot, or auto with a verified image)" if not problems \
+        else f"unavailable: {'; '.join(problems)}"
     try:
         import guestfs  # noqa: F401
         report["python-guestfs"] = "ok"
