@@ -237,3 +237,20 @@ def test_centos7_example_from_a_local_mirror(centos_mirror: str, tmp_path: Path)
     assert files["/etc/localtime"] == (Path("/usr/share/zoneinfo/Asia/Shanghai")).read_bytes()
     assert files["/etc/motd"] == (REPO / "examples" / "files" / "motd").read_bytes()
     assert SECRET not in r.stdout + r.stderr + (out / "manifest.json").read_text()
+
+
+def test_layer_keys_do_not_depend_on_the_backend(project: tuple[Path, dict[str, str]]) -> None:
+    """The same definition plans the same layers whichever backend will run them (dry run: no guest)."""
+    workdir, env = project
+    plans = {}
+    for backend in ("appliance", "chroot", "auto"):
+        r = run_build(workdir, "--dry-run", env=env, backend=backend)
+        assert r.returncode == 0, r.stderr
+        plans[backend] = [x["key"] for x in json.loads(r.stdout)["layers"]]
+    assert plans["appliance"] == plans["chroot"] == plans["auto"] and len(plans["auto"]) == 2
+    r = subprocess.run([*IMGSMITH, "build", str(workdir / "image.yaml"), "--dry-run", "--backend", "auto"],
+                       capture_output=True, text=True, env=env, cwd=workdir, check=False)
+    assert r.returncode == 0, r.stderr
+    # a file source without a checksum is not verified: auto keeps the appliance and says why
+    assert ("  backend: appliance (the image's origin is not verified (--trust-image allows the faster chroot "
+            "backend))") in r.stdout

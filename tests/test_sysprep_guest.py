@@ -395,8 +395,8 @@ def changed_paths(before: Mapping[str, Entry], after: Mapping[str, Entry]) -> se
 
 
 @pytest.mark.parametrize("distro", DISTROS)
-def test_defaults_remove_exactly_the_expected_paths(runs: Runs, distro: str) -> None:
-    before, after = pristine(runs, distro), result(runs, RESULT[distro])
+def test_defaults_remove_exactly_the_expected_paths(runs: Runs, backend: str, distro: str) -> None:
+    before, after = pristine(runs, distro), result(runs, key(backend, RESULT[distro]))
     expected = _with_descendants(before, REMOVED[distro])
     removed = before.keys() - after.keys()
     assert sorted(removed - expected) == [], "removed but not expected"
@@ -405,8 +405,8 @@ def test_defaults_remove_exactly_the_expected_paths(runs: Runs, distro: str) -> 
 
 
 @pytest.mark.parametrize("distro", DISTROS)
-def test_defaults_reset_identity_and_keep_the_rest(runs: Runs, distro: str) -> None:
-    before, after = pristine(runs, distro), result(runs, RESULT[distro])
+def test_defaults_reset_identity_and_keep_the_rest(runs: Runs, backend: str, distro: str) -> None:
+    before, after = pristine(runs, distro), result(runs, key(backend, RESULT[distro]))
     user = USERS[distro]
     mid = after["/etc/machine-id"]
     assert (mid.type, mid.size, mid.mode) == ("f", 0, before["/etc/machine-id"].mode)  # emptied in place
@@ -422,8 +422,8 @@ def test_defaults_reset_identity_and_keep_the_rest(runs: Runs, distro: str) -> N
         assert after["/etc/hostname"] == before["/etc/hostname"]
 
 
-def test_redhat_family_specifics(runs: Runs) -> None:
-    c7, c7_before = result(runs, "ours-defaults"), pristine(runs, "centos7")
+def test_redhat_family_specifics(runs: Runs, backend: str) -> None:
+    c7, c7_before = result(runs, key(backend, "ours-defaults")), pristine(runs, "centos7")
     assert c7["/etc/sysconfig/network-scripts/ifcfg-eth0"].content == (
         b'DEVICE="eth0"\nBOOTPROTO="dhcp"\nONBOOT="yes"\nTYPE="Ethernet"\n'
         b"UUID=5fb06bd0-0bb0-7ffb-45f1-d6edd65f3e03\n")
@@ -438,58 +438,76 @@ def test_redhat_family_specifics(runs: Runs) -> None:
                  "/var/cache/yum/x86_64/7/base/packages", "/var/lib/puppet/ssl/certs", "/var/log/audit"):
         assert c7[kept] == c7_before[kept], kept
     assert "/.autorelabel" not in c7  # no customize operations: no relabel of the SELinux guest
-    r9 = result(runs, "rocky9")  # the whole Red Hat family, unlike virt-sysprep 1.48's distro names
+    r9 = result(runs, key(backend, "rocky9"))  # the whole Red Hat family, unlike virt-sysprep 1.48's distro names
     assert r9["/etc/NetworkManager/system-connections"].type == "d"
     assert b"HWADDR=" not in (r9["/etc/sysconfig/network-scripts/ifcfg-eth0"].content or b"HWADDR=")
     assert r9["/var/account/pacct"].size == 0
 
 
-def test_debian_family_specifics(runs: Runs) -> None:
+def test_debian_family_specifics(runs: Runs, backend: str) -> None:
     for distro in ("debian12", "ubuntu2204"):
-        before, after = pristine(runs, distro), result(runs, RESULT[distro])
+        before, after = pristine(runs, distro), result(runs, key(backend, RESULT[distro]))
         for kept in ("/var/cache/apt/archives/partial", "/var/spool/cron/crontabs", "/var/lib/dpkg/status"):
             assert after[kept] == before[kept], (distro, kept)
     u22 = pristine(runs, "ubuntu2204")
-    assert result(runs, "ubuntu2204")["/etc/netplan/50-cloud-init.yaml"] == u22["/etc/netplan/50-cloud-init.yaml"]
+    after = result(runs, key(backend, "ubuntu2204"))
+    assert after["/etc/netplan/50-cloud-init.yaml"] == u22["/etc/netplan/50-cloud-init.yaml"]
 
 
-def test_second_run_is_harmless(runs: Runs) -> None:
-    first, second = result(runs, "ours-defaults"), result(runs, "ours-rerun")
+def test_second_run_is_harmless(runs: Runs, backend: str) -> None:
+    first, second = result(runs, key(backend, "ours-defaults")), result(runs, key(backend, "ours-rerun"))
     assert sorted(changed_paths(first, second)) == ["/var/lib/systemd/random-seed"]
     assert first.keys() == second.keys()
-    rerun = runs.results["ours-rerun"]
+    rerun = runs.results[key(backend, "ours-rerun")]
     assert rerun.committed
     assert [op.name for op in rerun.operations if op.changed and op.name not in (
         "machine-id", "pacct-log", "cron-spool")] == []
 
 
-def test_every_library_run_is_one_launch_and_committed(runs: Runs) -> None:
-    """Six library runs, six launches (per-run counts overlap: two runs share the process at a time)."""
-    assert sorted(runs.results) == ["ours-all", "ours-defaults", "ours-rerun", "ours-users", "rocky9", "ubuntu2204"]
-    assert runs.launches == len(runs.results)
-    for name, res in runs.results.items():
-        assert res.committed and res.launches >= 1 and res.os is not None, name
+def test_every_library_run_is_committed_by_its_backend(runs: Runs, backend: str) -> None:
+    """Six library runs each: six launches with the appliance (per-run counts overlap: two runs share
+    the process at a time), none with chroot (its runs have the process to themselves)."""
+    mine = {name: res for name, res in runs.results.items() if name.startswith(f"{backend}-")}
+    assert sorted(mine) == [key(backend, name) for name in
+                            ("ours-all", "ours-defaults", "ours-rerun", "ours-users", "rocky9", "ubuntu2204")]
+    assert runs.launches[backend] == (len(mine) if backend == "appliance" else 0)
+    for name, res in mine.items():
+        assert (res.committed, res.backend, res.os is not None) == (True, backend, True), name
+        assert res.launches >= 1 if backend == "appliance" else res.launches == 0, name
 
 
-def test_injected_key_removed_with_warning_and_machine_id_stays_empty(runs: Runs) -> None:
+def test_injected_key_removed_with_warning_and_machine_id_stays_empty(runs: Runs, backend: str) -> None:
     """customize --ssh-inject, then sysprep: ssh-userdir removes the key and says so; --ssh-inject given
     to sysprep itself survives (customize runs last); --hostname's customize run leaves machine-id empty."""
-    run = runs.cli["debian12"]
+    run = runs.cli[key(backend, "debian12")]
     warning = ("imgsmith: warning: ssh-userdir removed /root/.ssh (holding 2 authorized key(s)); "
                "use --operations defaults,-ssh-userdir to keep injected keys")
     assert warning in run.stderr.splitlines()
-    after = result(runs, "debian12")
+    after = result(runs, key(backend, "debian12"))
     assert after["/root/.ssh/authorized_keys"].content == (KEY2 + "\n").encode()
     assert (after["/root/.ssh"].mode, after["/root/.ssh/authorized_keys"].mode) == (0o700, 0o600)
     assert after["/etc/hostname"].content == b"clone.example.com\n"
     assert after["/etc/machine-id"].size == 0
     report = json.loads(run.stdout)
-    assert (report["launches"], report["committed"]) == (1, True)
+    assert (report["backend"], report["launches"], report["committed"]) == (
+        backend, 1 if backend == "appliance" else 0, True)
     ops = {op["name"]: op["changed"] for op in report["operations"]}
     assert ops["ssh-userdir"] == ["/home/debian/.ssh", "/root/.ssh"]
     assert ops["customize"] == ["--hostname clone.example.com", f"--ssh-inject root:string:{KEY2}"]
     assert list(ops)[-2:] == ["customize", "lvm-uuids"]  # customize ends the filesystem phase
     assert any(w.startswith("ssh-userdir removed /root/.ssh") for w in report["warnings"])
+
+
+@pytest.mark.parametrize("name", list(OURS))
+def test_both_backends_leave_the_same_guest(runs: Runs, name: str) -> None:
+    """Path by path (type, mode, owner, size, content, link target): only what is random on every run differs."""
+    if "chroot" not in runs.backends:
+        pytest.skip(f"the chroot backend cannot run here: {runs.chroot_problem}")
+    diff = differences(result(runs, key("appliance", name)), result(runs, key("chroot", name)))
+    assert diff == ({} if name == "ours-users" else {"/var/lib/systemd/random-seed": "sha256"})
+    old = runs.snap[f"pristine-{OURS[name]}"].fs_uuid
+    new = {runs.snap[key(b, name)].fs_uuid for b in BACKENDS}
+    assert (old not in new and len(new) == 2) if name == "ours-all" else new == {old}  # fs-uuids only in "all"
 
 
 # --------------------------------------------------------------------------- against virt-sysprep 1.48
@@ -533,30 +551,32 @@ def check_documented_deviations(diff: dict[str, str], runs: Runs, ours: str, the
 
 
 @pytest.mark.differential
-def test_differential_defaults(runs: Runs) -> None:
+def test_differential_defaults(runs: Runs, backend: str) -> None:
     theirs_or_skip(runs)
-    diff = differences(result(runs, "ours-defaults"), result(runs, "theirs-defaults"))
-    check_documented_deviations(diff, runs, "ours-defaults", "theirs-defaults")
+    ours = key(backend, "ours-defaults")
+    diff = differences(result(runs, ours), result(runs, "theirs-defaults"))
+    check_documented_deviations(diff, runs, ours, "theirs-defaults")
     assert diff == {}
 
 
 @pytest.mark.differential
-def test_differential_all_but_user_account(runs: Runs) -> None:
+def test_differential_all_but_user_account(runs: Runs, backend: str) -> None:
     theirs_or_skip(runs)
-    diff = differences(result(runs, "ours-all"), result(runs, "theirs-all"))
-    check_documented_deviations(diff, runs, "ours-all", "theirs-all")
+    ours = key(backend, "ours-all")
+    diff = differences(result(runs, ours), result(runs, "theirs-all"))
+    check_documented_deviations(diff, runs, ours, "theirs-all")
     assert diff == {}
     old = runs.snap["pristine-centos7"].fs_uuid
-    new = {runs.snap["ours-all"].fs_uuid, runs.snap["theirs-all"].fs_uuid}
+    new = {runs.snap[ours].fs_uuid, runs.snap["theirs-all"].fs_uuid}
     assert old not in new and len(new) == 2  # fs-uuids: a fresh random UUID each
-    assert result(runs, "ours-all")["/.unconfigured"].size == 0  # flag-reconfiguration
+    assert result(runs, ours)["/.unconfigured"].size == 0  # flag-reconfiguration
 
 
 @pytest.mark.differential
-def test_differential_user_account_list(runs: Runs) -> None:
+def test_differential_user_account_list(runs: Runs, backend: str) -> None:
     """Repeated --operations (user-account,ssh-hostkeys,machine-id then -machine-id,net-hwaddr), keeping centos."""
     theirs_or_skip(runs)
-    ours, theirs = result(runs, "ours-users"), result(runs, "theirs-users")
+    ours, theirs = result(runs, key(backend, "ours-users")), result(runs, "theirs-users")
     diff = differences(ours, theirs)
     assert diff.pop("/etc/gshadow") == "size,sha256"  # ours also drops the removed group's gshadow line
     assert diff == {}

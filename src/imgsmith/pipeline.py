@@ -189,6 +189,7 @@ class BaseRef:
     path: Path
     format: str
     checksum: str | None
+    verified: bool = False  # matched a checksum the definition gave, or was made here from packages
 
 
 def _resolve_base(loaded: LoadedDefinition, cache: Path, reporter: Reporter) -> BaseRef:
@@ -203,7 +204,7 @@ def _resolve_base(loaded: LoadedDefinition, cache: Path, reporter: Reporter) -> 
             img = base_src.resolve_file(path, parse_inline(src.checksum), fmt=src.format)
             assert img.checksum is not None
             key = str(img.checksum)
-            return BaseRef(key, os.fspath(path), img.path, img.format, key)
+            return BaseRef(key, os.fspath(path), img.path, img.format, key, verified=True)
         # No checksum: key by content, remembered by (inode, size, mtime) so rebuilds don't re-hash.
         key = f"sha256:{_file_key(path, cache)}"
         return BaseRef(key, os.fspath(path), path, src.format or probe_format(path), key)
@@ -215,14 +216,14 @@ def _resolve_base(loaded: LoadedDefinition, cache: Path, reporter: Reporter) -> 
                 lambda phase, done, total: reporter.progress(phase, 100.0 * done / total if total else 0.0)))
         assert img.checksum is not None
         key = str(img.checksum)
-        return BaseRef(key, img.origin, img.path, img.format, key)
+        return BaseRef(key, img.origin, img.path, img.format, key, verified=True)
     from .source.bootstrap import bootstrap_image
     assert src.bootstrap is not None
     spec = src.bootstrap
     reporter.stage(f"source: bootstrap {spec.distro} {spec.release}")
     path = bootstrap_image(spec, cache_dir=cache / "bootstrap", progress=reporter.message)
     return BaseRef(f"bootstrap:{path.stem}", f"bootstrap {spec.distro} {spec.release}", path,
-                   probe_format(path), None)
+                   probe_format(path), None, verified=True)
 
 
 def plan_build(loaded: LoadedDefinition, options: BuildOptions, reporter: Reporter, base: BaseRef,
@@ -246,7 +247,7 @@ def plan_build(loaded: LoadedDefinition, options: BuildOptions, reporter: Report
         parent = key
     out_dir = options.output_dir or Path.cwd() / "dist" / d.name
     # Trusted: the bytes were checked against a published checksum, or made here from distribution packages.
-    trusted = base.checksum is not None or base.key.startswith("bootstrap:") or options.trust_image
+    trusted = base.verified or options.trust_image
     session = SessionOptions(network=options.network, memsize=options.memsize,
                              backend=options.backend or d.backend, trusted=trusted)
     return BuildPlan(loaded, base.key, base.origin, layers, dropped, out_dir, session)
