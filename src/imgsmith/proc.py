@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .errors import ProcessError
 
-__all__ = ["Completed", "format_argv", "popen", "run"]
+__all__ = ["Completed", "format_argv", "pid_alive", "popen", "run"]
 
 log = logging.getLogger("imgsmith.proc")
 
@@ -123,6 +123,17 @@ def popen(
     except FileNotFoundError as exc:
         raise ProcessError(f"{args[0]}: command not found (is it installed? run scripts/setup.sh)",
                            argv=args) from exc
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (for lock and session records left by a killed imgsmith)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def failure_message(argv: Sequence[str], returncode: int, stderr: str) -> str:

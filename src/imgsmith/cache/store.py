@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import proc
 from ..disk import qemuimg
 
 __all__ = ["FORMAT_VERSION", "LayerEntry", "LayerStore", "MissReason", "file_lock", "try_file_lock"]
@@ -152,16 +153,6 @@ def _disk_usage(path: Path) -> int:
         with contextlib.suppress(OSError):
             total += p.lstat().st_blocks * 512
     return total
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -462,7 +453,7 @@ class LayerStore:
         for d in self.root.iterdir():
             if d.name.startswith(_TRASH):
                 pid = d.name.rsplit("-", 1)[-1]
-                if not pid.isdigit() or not _pid_alive(int(pid)):
+                if not pid.isdigit() or not proc.pid_alive(int(pid)):
                     shutil.rmtree(d, ignore_errors=True)
             elif d.name.startswith(_TMP) and (key := self._tmp_owner(d)) is not None:
                 lock = self._lock_path(key)

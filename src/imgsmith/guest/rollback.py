@@ -29,23 +29,13 @@ log = logging.getLogger("imgsmith.guest")
 RUN_DIR = Path(os.environ.get("IMGSMITH_RUN_DIR", "/run/imgsmith/sessions"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not proc.pid_alive(pid):
             return True
         time.sleep(0.02)
-    return not _alive(pid)
+    return not proc.pid_alive(pid)
 
 
 def _quiet(argv: list[str | os.PathLike[str]]) -> None:
@@ -186,7 +176,7 @@ def sweep_stale(message: Callable[[str], None] = log.warning) -> int:
             if d.is_dir() and time.time() - d.stat().st_mtime > 60:
                 _remove_flat(d)
             continue
-        if _alive(int(state.get("pid", 0))):
+        if proc.pid_alive(int(state.get("pid", 0))):
             continue
         message(f"cleaning up after an imgsmith (pid {state.get('pid')}) that did not exit cleanly: "
                 f"{len(state.get('resources', []))} mounts/devices")
