@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -22,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from . import proc
-from .errors import ImageError, ProcessError
+from .disk import qemuimg
+from .errors import ImageError
 
 __all__ = ["DiskInfo", "commit", "disk_info", "overlay"]
 
@@ -38,34 +37,18 @@ class DiskInfo:
 
 
 def disk_info(path: Path, fmt: str | None = None) -> DiskInfo:
-    """Check *path* is a readable disk image and find its format (qemu-img info, never the appliance)."""
+    """Check *path* is a readable, uncorrupted disk image and find its format (qemu-img, never the appliance)."""
     if not path.exists():
         raise ImageError(f"{path}: no such disk image")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory, not a disk image")
-    if not os.access(path, os.R_OK):
-        raise ImageError(f"{path}: not readable")
-    argv: list[str | os.PathLike[str]] = ["qemu-img", "info", "--output=json", "-U"]
-    if fmt:
-        argv += ["-f", fmt]
-    try:
-        data = json.loads(proc.run([*argv, path]).stdout)
-    except ProcessError as exc:
-        last = (exc.stderr.strip().splitlines() or [exc.message])[-1]
-        raise ImageError(f"{path}: not a usable disk image: {last.removeprefix('qemu-img: ')}") from None
-    found = str(data.get("format", ""))
-    if fmt == "raw":
-        probed = json.loads(proc.run(["qemu-img", "info", "--output=json", "-U", path]).stdout).get("format")
-        if probed != "raw":
-            raise ImageError(f"{path}: is {probed}, not raw (drop --format or give --format {probed})")
-    if found == "qcow2" or found in ("vmdk", "vhdx", "vpc", "vdi", "qed"):
-        try:
-            proc.run(["qemu-img", "check", "-U", "-q", "-f", found, path])
-        except ProcessError as exc:
-            if exc.returncode in (2, 3):
-                why = (exc.stderr.strip().splitlines() or ["corrupt"])[-1]
-                raise ImageError(f"{path}: the {found} image is corrupt: {why}") from None
-    return DiskInfo(path, found, int(data.get("virtual-size", 0)))
+    info = qemuimg.info(path, fmt)
+    if fmt == "raw" and (probed := qemuimg.info(path).format) != "raw":
+        raise ImageError(f"{path}: is {probed}, not raw (drop --format or give --format {probed})")
+    if info.format in ("qcow2", "vmdk", "vhdx", "vpc", "vdi", "qed"):
+        verdict = qemuimg.check(path, info.format)
+        if verdict.supported and not verdict.ok:
+            raise ImageError(f"{path}: the {info.format} image is corrupt: {verdict.corruptions} corruption(s), "
+                             f"{verdict.check_errors} check error(s) (qemu-img check -r all can try to repair it)")
+    return DiskInfo(path, info.format, info.virtual_size)
 
 
 @contextlib.contextmanager
@@ -85,8 +68,7 @@ def overlay(disk: DiskInfo, *, workdir: Path | None = None) -> Iterator[Path]:
     base = workdir or Path(os.environ.get("IMGSMITH_TMPDIR") or os.environ.get("TMPDIR") or "/var/tmp")
     with _exclusive(disk.path), tempfile.TemporaryDirectory(prefix="imgsmith-", dir=base) as tmp:
         top = Path(tmp) / "overlay.qcow2"
-        proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", disk.format,
-                  "-b", disk.path.resolve(), top])
+        qemuimg.create_overlay(disk.path, disk.format, top)
         yield top
 
 
@@ -100,7 +82,7 @@ def commit(top: Path) -> None:
     main = threading.current_thread() is threading.main_thread()
     old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
-        proc.run(["qemu-img", "commit", "-q", "-f", "qcow2", top])
+        qemuimg.commit(top)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
