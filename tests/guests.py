@@ -637,7 +637,7 @@ def host_mounted(disk: Path, fmt: str | None = None) -> Iterator[Path]:
             for node in nodes:
                 fstype = subprocess.run(["blkid", "-p", "-o", "value", "-s", "TYPE", node], capture_output=True,
                                         text=True, check=False).stdout.strip()
-                opts = {"xfs": "ro,norecovery", "ext4": "ro,noload", "ext3": "ro,noload"}.get(fstype)
+                opts = {"xfs": "ro,norecovery,nouuid", "ext4": "ro,noload", "ext3": "ro,noload"}.get(fstype)
                 if opts is None or subprocess.run(["mount", "-t", fstype, "-o", opts, node, mnt],
                                                   capture_output=True, check=False).returncode:
                     continue

@@ -13,17 +13,22 @@ only look at the resulting trees. Each of our runs is made with both backends:
     read      every result and the four pristine fixtures, in ONE read-only launch    1 launch
 
 The appliance's library runs wait for the chroot ones: the launch counter is per process,
-so a chroot run's ``launches`` is exact only while no appliance of this process starts.
+so a chroot run's ``launches`` is exact only while no appliance of this process starts. The
+fixture runs once per test run, however many pytest-xdist workers get tests of this module.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +40,7 @@ import pytest
 from guests import Entry, detect_format, guest_image, layout, read_tree
 from imgsmith.guest import appliance
 from imgsmith.guest.backend import chroot_problems
-from imgsmith.guest.session import SessionOptions
+from imgsmith.guest.session import SessionOptions, open_guest
 from imgsmith.sysprep import SysprepOptions, SysprepResult, sysprep_disk
 
 pytestmark = [pytest.mark.guest, pytest.mark.xdist_group("sysprep-guest")]
@@ -53,6 +58,8 @@ BACKENDS = ("appliance", "chroot")
 OURS = {"ours-defaults": "centos7", "ours-rerun": "centos7", "ours-all": "centos7", "ours-users": "centos7",
         "debian12": "debian12", "ubuntu2204": "ubuntu2204", "rocky9": "rocky9"}  # made with each backend
 THEIRS = ("theirs-defaults", "theirs-all", "theirs-users")  # centos7 as well
+CHROOT_LOCK = Path("/var/tmp/imgsmith-sysprep-test-chroot.lock")
+SHARE_DIR = Path("/var/tmp/imgsmith-sysprep-test-share")
 
 
 def _centos_extra() -> dict[str, str]:
@@ -165,7 +172,8 @@ class Runs:
     cli: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
     theirs: bool = False
     backends: tuple[str, ...] = BACKENDS
-    chroot_problem: str = ""
+    chroot_problem: str = ""  # why the chroot backend cannot run on this host
+    chroot_error: str = ""  # how its runs failed (only its tests fail then)
     launches: dict[str, int] = field(default_factory=dict)  # appliance launches of this process, per backend
 
 
@@ -225,6 +233,14 @@ def _our_jobs(backend: str, disks: dict[str, Path], runs: Runs) -> tuple[Jobs, J
              library("ubuntu2204", None), library("rocky9", None)])
 
 
+@contextlib.contextmanager
+def chroot_turn() -> Iterator[None]:
+    """This module's chroot sessions, one process at a time (the lock is released when the file closes)."""
+    with CHROOT_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _make_runs(work: Path, *, with_theirs: bool, backends: tuple[str, ...]) -> Runs:
     runs = Runs(theirs=with_theirs, backends=backends)
     # The cached images are resolved once: every copy and the "pristine" reads use the same files
@@ -248,10 +264,15 @@ def _make_runs(work: Path, *, with_theirs: bool, backends: tuple[str, ...]) -> R
     chroot = [job for jobs in _our_jobs("chroot", disks, runs) for job in jobs] if "chroot" in backends else []
 
     def chroot_lane() -> None:
-        """One session at a time: two clones of one XFS guest cannot be mounted on the host at once."""
+        """One session at a time, here and in any other process running this module's chroot sessions:
+        clones of one XFS guest share its UUID (see test_chroot_two_clones_at_once)."""
         before = appliance.launch_count()
-        for job in chroot:
-            job()
+        try:
+            with chroot_turn():
+                for job in chroot:
+                    job()
+        except Exception as exc:  # the chroot tests report it; the appliance's runs go on
+            runs.chroot_error = f"{type(exc).__name__}: {exc}"
         runs.launches["chroot"] = appliance.launch_count() - before
 
     def after(gate: Future[None], job: Callable[[], None]) -> Callable[[], None]:
@@ -274,31 +295,70 @@ def _make_runs(work: Path, *, with_theirs: bool, backends: tuple[str, ...]) -> R
     return runs
 
 
+def once_per_test_run(make: Callable[[], Runs]) -> Runs:
+    """The runs, made by the first pytest-xdist worker that needs them and loaded by the others.
+
+    ``--dist loadgroup`` would keep this module on one worker, but pytest 9.2 silently defeats
+    it (pytest-dev/pytest-xdist#1386): without this, every worker would make every launch.
+    """
+    testrun = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if testrun is None:
+        return make()
+    SHARE_DIR.mkdir(exist_ok=True)
+    for old in SHARE_DIR.iterdir():  # left by earlier test runs
+        if time.time() - old.stat().st_mtime > 86400:
+            old.unlink(missing_ok=True)
+    shared = SHARE_DIR / f"{testrun}.pickle"
+    with (SHARE_DIR / f"{testrun}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if shared.exists():
+            outcome = pickle.loads(shared.read_bytes())
+        else:
+            try:
+                outcome = make()
+            except BaseException as exc:
+                shared.write_bytes(pickle.dumps(f"{type(exc).__name__}: {exc}"))
+                raise
+            shared.write_bytes(pickle.dumps(outcome))
+    if isinstance(outcome, str):
+        raise RuntimeError(f"the runs failed in another pytest-xdist worker: {outcome}")
+    assert isinstance(outcome, Runs)
+    return outcome
+
+
 @pytest.fixture(scope="module")
-def runs(request: pytest.FixtureRequest) -> Iterator[Runs]:
+def runs(request: pytest.FixtureRequest) -> Runs:
     """All launches of the module; virt-sysprep's only when a selected test here is ``differential``.
 
     The work directory is private (not pytest's basetemp, which a concurrent pytest session
-    may prune while this long fixture runs).
+    may prune while this long fixture runs); the disks go once their trees are read.
     """
     wanted = any(item.module is request.module and item.get_closest_marker("differential")
                  for item in request.session.items)
     problems = chroot_problems()
-    backends = BACKENDS if not problems else ("appliance",)
-    with tempfile.TemporaryDirectory(prefix="imgsmith-sysprep-test-", dir="/var/tmp") as work:
-        made = _make_runs(Path(work), with_theirs=wanted and shutil.which("virt-sysprep") is not None,
-                          backends=backends)
+
+    def make() -> Runs:
+        with tempfile.TemporaryDirectory(prefix="imgsmith-sysprep-test-", dir="/var/tmp") as work:
+            made = _make_runs(Path(work), with_theirs=wanted and shutil.which("virt-sysprep") is not None,
+                              backends=BACKENDS if not problems else ("appliance",))
         made.chroot_problem = problems[0] if problems else ""
-        yield made
+        return made
+
+    return once_per_test_run(make)
+
+
+def usable(runs: Runs, backend: str) -> str:
+    if backend not in runs.backends:
+        pytest.skip(f"the chroot backend cannot run here: {runs.chroot_problem}")
+    if backend == "chroot" and runs.chroot_error:
+        pytest.fail(f"the chroot runs failed: {runs.chroot_error}", pytrace=False)
+    return backend
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, runs: Runs) -> str:
     """Each test that looks at our results runs once per backend."""
-    name = str(request.param)
-    if name not in runs.backends:
-        pytest.skip(f"the chroot backend cannot run here: {runs.chroot_problem}")
-    return name
+    return usable(runs, str(request.param))
 
 
 def theirs_or_skip(runs: Runs) -> None:
@@ -479,6 +539,9 @@ def test_every_library_run_is_committed_by_its_backend(runs: Runs, backend: str)
 def test_injected_key_removed_with_warning_and_machine_id_stays_empty(runs: Runs, backend: str) -> None:
     """customize --ssh-inject, then sysprep: ssh-userdir removes the key and says so; --ssh-inject given
     to sysprep itself survives (customize runs last); --hostname's customize run leaves machine-id empty."""
+    customized = runs.cli[f"{key(backend, 'debian12')}-customize"].stderr.splitlines()[-1]
+    assert customized.startswith("[") and "] Finished: 1 operation(s) changed " in customized
+    assert customized.endswith(", backend chroot") if backend == "chroot" else ", accelerator " in customized
     run = runs.cli[key(backend, "debian12")]
     warning = ("imgsmith: warning: ssh-userdir removed /root/.ssh (holding 2 authorized key(s)); "
                "use --operations defaults,-ssh-userdir to keep injected keys")
@@ -501,8 +564,7 @@ def test_injected_key_removed_with_warning_and_machine_id_stays_empty(runs: Runs
 @pytest.mark.parametrize("name", list(OURS))
 def test_both_backends_leave_the_same_guest(runs: Runs, name: str) -> None:
     """Path by path (type, mode, owner, size, content, link target): only what is random on every run differs."""
-    if "chroot" not in runs.backends:
-        pytest.skip(f"the chroot backend cannot run here: {runs.chroot_problem}")
+    usable(runs, "chroot")
     diff = differences(result(runs, key("appliance", name)), result(runs, key("chroot", name)))
     assert diff == ({} if name == "ours-users" else {"/var/lib/systemd/random-seed": "sha256"})
     old = runs.snap[f"pristine-{OURS[name]}"].fs_uuid
@@ -587,3 +649,20 @@ def test_differential_user_account_list(runs: Runs, backend: str) -> None:
     before = pristine(runs, "centos7")
     assert ours["/etc/machine-id"] == before["/etc/machine-id"]  # -machine-id took it out again
     assert ours["/var/lib/systemd/random-seed"] == before["/var/lib/systemd/random-seed"]  # no customize
+
+
+# --------------------------------------------------------------------------- the chroot backend alone
+
+
+def test_chroot_two_clones_at_once(tmp_path: Path) -> None:
+    """Clones share their filesystem's UUID until fs-uuids runs: sysprep one while another is open
+    (another sysprep or build of the same golden image), as the appliance allows."""
+    if problems := chroot_problems():
+        pytest.skip(f"the chroot backend cannot run here: {problems[0]}")
+    image = guest_image("rocky9")  # XFS
+    first, second = _copy(image, tmp_path / "first.qcow2"), _copy(image, tmp_path / "second.qcow2")
+    chroot = SessionOptions(backend="chroot")
+    with chroot_turn(), open_guest(first, "qcow2", chroot) as guest:
+        assert guest.backend == "chroot"
+        done = sysprep_disk(second, "machine-id", session=chroot)
+    assert (done.committed, done.backend, done.launches) == (True, "chroot", 0)

@@ -30,6 +30,9 @@ LINUX_FS = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 _UNSUPPORTED = {"LVM2_member": "an LVM physical volume", "crypto_LUKS": "LUKS-encrypted",
                 "linux_raid_member": "a software RAID member", "zfs_member": "a ZFS pool member"}
 _READONLY = {"ext2": "ro,noload", "ext3": "ro,noload", "ext4": "ro,noload", "xfs": "ro,norecovery", "btrfs": "ro"}
+# Every clone of an XFS image shares its UUID, and the kernel refuses a second XFS with a UUID already
+# mounted (another build, a test, the host's own disk cloned): nouuid lifts that check for our mounts.
+_ALWAYS = {"xfs": "nouuid"}
 _HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
@@ -42,6 +45,7 @@ def _kernel_has(fstype: str) -> bool:
 
 def _mount(session: Session, part: Partition, target: Path, options: str | None = None) -> None:
     argv: list[str | Path] = ["mount", "-t", part.fstype]
+    options = ",".join(o for o in (options, _ALWAYS.get(part.fstype)) if o)
     if options:
         argv += ["-o", options]
     try:
