@@ -17,10 +17,10 @@ from .guest import appliance
 from .guest.api import Guest, OSInfo
 from .guest.session import SessionOptions, open_guest
 from .ops.base import ApplyContext, Operation, Settings
-from .runner import RunReport, apply_operations
+from .runner import apply_operations
 from .transaction import commit, disk_info, overlay
 
-__all__ = ["CustomizeResult", "Modified", "customize_disk", "modify_disk"]
+__all__ = ["CustomizeResult", "Modified", "apply_to_disk", "customize_disk", "modify_disk"]
 
 T = TypeVar("T")
 
@@ -72,6 +72,23 @@ def modify_disk(disk: Path, work: Callable[[Guest], T], *, fmt: str | None = Non
                     seconds=round(time.monotonic() - start, 2), backend=backend)
 
 
+def apply_to_disk(disk: Path, apply: Callable[[ApplyContext], T], *, fmt: str | None, settings: Settings,
+                  session: SessionOptions, message: Callable[[str], None], warn: Callable[[str], None],
+                  output: Callable[[str], None]) -> tuple[Modified[T], list[str]]:
+    """:func:`modify_disk` with an ApplyContext for *apply*; also returns the warnings it gave (for results)."""
+    warnings: list[str] = []
+
+    def warn_and_keep(text: str) -> None:
+        warnings.append(text)
+        warn(text)
+
+    def work(guest: Guest) -> T:
+        return apply(ApplyContext(guest=guest, settings=settings, message=message, warn=warn_and_keep,
+                                  output=output))
+
+    return modify_disk(disk, work, fmt=fmt, session=session, dry_run=settings.dry_run, message=message), warnings
+
+
 @dataclass
 class CustomizeResult:
     disk: Path
@@ -99,17 +116,8 @@ def customize_disk(
     output: Callable[[str], None] = print,
 ) -> CustomizeResult:
     """Apply *ops* to *disk* transactionally; on any error the disk is unchanged."""
-    warnings: list[str] = []
-
-    def warn_and_keep(msg: str) -> None:
-        warnings.append(msg)
-        warn(msg)
-
-    def work(guest: Guest) -> RunReport:
-        ctx = ApplyContext(guest=guest, settings=settings, message=message, warn=warn_and_keep, output=output)
-        return apply_operations(ctx, ops)
-
-    done = modify_disk(disk, work, fmt=fmt, session=session, dry_run=settings.dry_run, message=message)
+    done, warnings = apply_to_disk(disk, lambda ctx: apply_operations(ctx, ops), fmt=fmt, settings=settings,
+                                   session=session, message=message, warn=warn, output=output)
     return CustomizeResult(
         disk=disk, format=done.format, os=done.os, operations=done.value.applied, committed=done.committed,
         accelerator=done.accelerator, launches=done.launches, seconds=done.seconds,

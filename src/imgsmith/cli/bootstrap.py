@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import proc
 from ..errors import UsageError
@@ -65,23 +60,6 @@ def _spec(args: argparse.Namespace) -> BootstrapSpec:
         raise UsageError("; ".join(problems)) from exc
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so mounts and loop devices are released."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous: Callable[[int, FrameType | None], Any] | int | None = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _copy(src: Path, dest: Path) -> None:
     """A copy (reflinked where the filesystem can), never a link: editing OUT must not touch the cache."""
     tmp = dest.with_name(f".{dest.name}.partial")
@@ -102,12 +80,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"[{time.monotonic() - start:6.1f}] {message}", file=sys.stderr, flush=True)
 
-    with _sigterm_unwinds():
-        image = bootstrap_image(spec, progress=say)
-        out = None
-        if args.output is not None:
-            out = args.output / image.name if args.output.is_dir() else args.output
-            _copy(image, out)
+    # SIGTERM unwinds like Ctrl-C (cli/main.py), so mounts and loop devices are released.
+    image = bootstrap_image(spec, progress=say)
+    out = None
+    if args.output is not None:
+        out = args.output / image.name if args.output.is_dir() else args.output
+        _copy(image, out)
     if args.json:
         print(json.dumps({"image": str(out or image), "cached_image": str(image),
                           "spec": spec.model_dump(mode="json"),

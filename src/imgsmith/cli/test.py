@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
@@ -84,23 +81,6 @@ class _Status:
                 self._status = None
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so qemu is stopped and the overlay removed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous: Callable[[int, FrameType | None], Any] | int | None = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _render(result: BootResult) -> None:
     print(f"image        {result.image} ({result.format})")
     print(f"accelerator  {result.accelerator}")
@@ -134,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--timeout and --timeout-scale must be greater than 0")
     status = _Status(enabled=not args.json)
     try:
-        with _sigterm_unwinds(), status.shown():
+        with status.shown():
             verdict = choose_accelerator()
             limits = (Timeouts.for_total(verdict.name, args.timeout * args.timeout_scale)
                       if args.timeout is not None else None)

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..customize import modify_disk
+from ..customize import apply_to_disk
 from ..errors import GuestError, OperationError, UsageError
-from ..guest.api import Guest, OSInfo
+from ..guest.api import OSInfo
 from ..guest.session import SessionOptions
 from ..ops.base import ApplyContext, Operation, Settings
 from .base import REGISTRY, Phase, SysprepContext, SysprepOptions
@@ -155,17 +155,8 @@ def sysprep_disk(
     """
     names = resolve_selection(selection) if selection is not None else resolve_selection("defaults")
     check_options(names, customize_ops, options)
-    warnings: list[str] = []
-
-    def warn_and_keep(text: str) -> None:
-        warnings.append(text)
-        warn(text)
-
-    def work(guest: Guest) -> SysprepReport:
-        ctx = ApplyContext(guest=guest, settings=settings, message=message, warn=warn_and_keep, output=output)
-        return apply_sysprep(ctx, names, customize_ops, options)
-
-    done = modify_disk(disk, work, fmt=fmt, session=session, dry_run=settings.dry_run, message=message)
+    done, warnings = apply_to_disk(disk, lambda ctx: apply_sysprep(ctx, names, customize_ops, options), fmt=fmt,
+                                   settings=settings, session=session, message=message, warn=warn, output=output)
     return SysprepResult(
         disk=disk, format=done.format, os=done.os, operations=done.value.operations, committed=done.committed,
         accelerator=done.accelerator, launches=done.launches, seconds=done.seconds, relabel=done.value.relabel,
