@@ -63,6 +63,7 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_chroot_without_root_is_one_clear_error(tmp_path: Path) -> None:
     disk = tmp_path / "d.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "16M"], check=True)
+    before = sha256_file(disk)
     # The CLI as a non-root user would see it (euid faked in the child: CI's checkout may not be
     # readable by an unprivileged user).
     as_user = ("import os, sys; os.geteuid = lambda: 65534; from imgsmith.cli.main import main; "
@@ -72,6 +73,7 @@ def test_chroot_without_root_is_one_clear_error(tmp_path: Path) -> None:
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("imgsmith: error:")]
     assert r.returncode == 2 and errors == ["imgsmith: error: --backend chroot: it needs root (it mounts the "
                                             "image's filesystems)"], r.stderr
+    assert sha256_file(disk) == before
 
 
 # --------------------------------------------------------------------------- on phony guests

@@ -72,6 +72,8 @@ def test_cli_reports_all_problems_and_exits_2(tmp_path: Path) -> None:
      "        hostname: h\n", ":7:9: layers[0].steps[0]: a step is one mapping"),
     ("version: 1\nname: x\nname: y\nsource: {file: b}\n", ":3:1: name: duplicate key 'name'"),
     ("version: 1\nname: [x\n", ":3:1: invalid YAML"),
+    ("version: 1\nname: x\nsource: {file: b}\nbackend: vm\n", ":4:10: backend: Input should be 'auto', "
+                                                                 "'appliance' or 'chroot'"),
 ])
 def test_single_problems(tmp_path: Path, text: str, expected: str) -> None:
     (tmp_path / "b").write_bytes(b"")
