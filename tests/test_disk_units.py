@@ -214,3 +214,30 @@ def test_docs_cover_every_format_option_preset_rule_and_source() -> None:
         assert preset.source in text, preset.name
         for rule in preset.rules:
             assert f"`{rule.name}`" in text and rule.source in text, (preset.name, rule.name)
+
+
+@pytest.mark.parametrize("layout", [
+    [],  # empty file
+    [("hole", 3 << 20)],  # nothing but a hole
+    [("data", 5000)],  # no hole at all, not chunk-aligned
+    [("hole", 1 << 20), ("data", 70000), ("hole", 9 << 20), ("data", 512)],  # holes first and between
+    [("data", 4096), ("hole", 6 << 20)],  # a hole at the end (truncate)
+])
+def test_sha256_file_skips_reading_holes_but_hashes_their_zeros(tmp_path: Path,
+                                                                layout: list[tuple[str, int]]) -> None:
+    import hashlib
+    import os
+
+    from imgsmith.disk.files import sha256_file
+    path, expected, seen = tmp_path / "sparse", hashlib.sha256(), []
+    with path.open("wb") as f:
+        for kind, size in layout:
+            data = os.urandom(size) if kind == "data" else bytes(size)
+            if kind == "data":
+                f.write(data)
+            else:
+                f.seek(size, os.SEEK_CUR)
+            expected.update(data)
+        f.truncate()
+    assert sha256_file(path, progress=seen.append) == expected.hexdigest()
+    assert sum(seen) == path.stat().st_size

@@ -9,6 +9,7 @@ directory behind, never a half-written file under the real name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -21,15 +22,51 @@ __all__ = ["fsync_dir", "fsync_file", "partial_dir", "sha256_file", "write_sha25
 _CHUNK = 4 << 20
 
 
+def _extents(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
+    """(offset, length, is_data) runs of a file, from SEEK_DATA/SEEK_HOLE; one data run where the
+    filesystem cannot tell."""
+    pos = 0
+    while pos < size:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole from here to the end
+                yield pos, size - pos, False
+                return
+            yield pos, size - pos, True  # no SEEK_DATA here: read it all
+            return
+        if data > pos:
+            yield pos, data - pos, False
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
+        yield data, hole - data, True
+        pos = hole
+
+
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
     """Hex SHA-256 of a file, read in large chunks (hashlib releases the GIL on them, so
-    several outputs hash in parallel); *progress* gets the byte count of each chunk."""
+    several outputs hash in parallel); *progress* gets the byte count of each chunk.
+
+    Holes are hashed from a buffer of zeros instead of being read: a fresh sparse file (a
+    fixed VHD or raw output is mostly holes) costs the kernel a page allocation per 4 KiB
+    read, which measured 10x slower than hashing the zeros themselves.
+    """
     h = hashlib.sha256()
+    zeros = memoryview(bytes(_CHUNK))
     with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            if progress is not None:
-                progress(len(chunk))
+        fd = f.fileno()
+        for offset, length, is_data in _extents(fd, os.fstat(fd).st_size):
+            done = 0
+            if is_data:
+                f.seek(offset)
+            while done < length:
+                step = min(_CHUNK, length - done)
+                chunk = f.read(step) if is_data else zeros[:step]
+                if not chunk:
+                    break
+                h.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
     return h.hexdigest()
 
 
