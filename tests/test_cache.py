@@ -378,3 +378,19 @@ def test_parse_duration_and_size() -> None:
     assert parse_max_size("0") == 0
     with pytest.raises(UsageError):
         parse_duration("")
+
+
+def test_pid_alive_counts_an_unreaped_zombie_as_gone() -> None:
+    """A daemon that exited but waits for a slow PID 1 to reap it must not hold up a session's teardown."""
+    from imgsmith import proc
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while proc.pid_alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert not proc.pid_alive(child.pid)
+        assert child.poll() == 0  # not reaped until now: it was a zombie while pid_alive said gone
+    finally:
+        child.wait()
+    assert proc.pid_alive(os.getpid())
+    assert not proc.pid_alive(child.pid)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import ProcessError
 
@@ -126,14 +127,24 @@ def popen(
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (for lock and session records left by a killed imgsmith)."""
+    """Whether a process with this pid exists and has not exited (for lock and session records
+    left by a killed imgsmith, and for waiting on a daemon we stopped).
+
+    A zombie counts as gone: it has exited and released everything, and only waits for its
+    parent to reap it. A daemonized qemu-storage-daemon's parent is PID 1, which on some hosts
+    (container and microVM init processes) reaps only about once a second.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust the signal probe
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
 
 
 def failure_message(argv: Sequence[str], returncode: int, stderr: str) -> str:
