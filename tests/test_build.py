@@ -156,6 +156,16 @@ def test_build_cache_kills_and_secrets(project: tuple[Path, dict[str, str]], bac
     warm = json.loads(r.stdout)
     assert warm["sessions"] == 1 and [x["cached"] for x in warm["layers"]] == [True, False]
     assert warm["layers"][0]["key"] == cold["layers"][0]["key"]
+    # ... and both outputs are patched copies of the previous ones, with exactly the new content.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert all(o["patched_bytes"] for o in manifest["outputs"]), manifest["outputs"]
+    assert [bool(o["patched_bytes"]) for o in warm["outputs"]] == [True, True]
+    final = workdir / "cache" / "layers" / warm["layers"][-1]["key"] / "layer.qcow2"
+    for o in manifest["outputs"]:
+        subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", o["format"], final, out / o["path"]],
+                       check=True, capture_output=True)
+        assert hashlib.sha256((out / o["path"]).read_bytes()).hexdigest() == o["sha256"]
+    assert read_files(out / "fixture.qcow2", ["/etc/build-id"])["/etc/build-id"] == b"two"
 
     # 5. kill -9 during the conversions: no partial file at any destination; the rebuild completes.
     for p in out.iterdir():

@@ -25,9 +25,11 @@ from .boot import accel
 from .cache.store import LayerStore
 from .definition import LoadedDefinition
 from .definition.model import Output
+from .disk import qemuimg
 from .disk.convert import ConvertResult, convert_many, make_target
 from .disk.formats import writable_format
 from .disk.presets import get_preset
+from .disk.sizes import format_size
 from .errors import UsageError
 from .guest import appliance
 from .guest.backend import Choice
@@ -37,6 +39,7 @@ from .manifest import outputs_unchanged, read_manifest, write_manifest, write_su
 from .ops.accounts import SshInject
 from .ops.base import ApplyContext, Operation, Settings
 from .paths import cache_root
+from .rebuild import patch_updates
 from .runner import apply_operations
 from .sysprep.select import resolve_selection
 
@@ -398,7 +401,8 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(),
         cached = _cached_meta(store, plan)
         facts["guest"] = cached.get("guest") if isinstance(cached.get("guest"), dict) else None
         facts["backend"] = cached.get("backend", "appliance" if cached else None)
-    results = _write_outputs(loaded, out_dir, parent, rep, timings)
+    results = _write_outputs(loaded, plan, parent, store=store, rep=rep, timings=timings,
+                             patch=not options.no_cache)
     rep.stage(f"manifest: {out_dir / 'manifest.json'}")
     out_dir.mkdir(parents=True, exist_ok=True)
     record = _manifest(plan, base, results, facts=facts, timings=timings, accel_name=verdict.name)
@@ -417,18 +421,27 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(),
     return result
 
 
-def _write_outputs(loaded: LoadedDefinition, out_dir: Path, final: tuple[Path, str], rep: Reporter,
-                   timings: dict[str, float]) -> list[ConvertResult]:
+def _write_outputs(loaded: LoadedDefinition, plan: BuildPlan, final: tuple[Path, str], *, store: LayerStore,
+                   rep: Reporter, timings: dict[str, float], patch: bool) -> list[ConvertResult]:
+    """Every output in parallel; those the previous build made the same way are patched (rebuild.py)."""
     if not loaded.definition.outputs:
         return []
+    out_dir = plan.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = _output_targets(loaded, out_dir)
     rep.stage(f"outputs: {len(targets)} in parallel -> {out_dir}")
     t = time.monotonic()
-    results = convert_many(final[0], targets, source_format=final[1], force=True,
-                           progress=lambda p, pct: rep.progress(p.target.path.name, pct))
+    previous = read_manifest(out_dir) if patch and final[1] == "qcow2" else None
+    size = qemuimg.info(final[0], final[1]).virtual_size
+    with patch_updates(out_dir, previous, store=store, keys=[x.key for x in plan.layers], final=final[0],
+                       virtual_size=size, targets=targets) as updates:
+        results = convert_many(final[0], targets, source_format=final[1], force=True, updates=updates,
+                               progress=lambda p, pct: rep.progress(p.target.path.name, pct))
     timings["outputs"] = time.monotonic() - t
     for r in results:
+        if r.patched_bytes is not None:
+            rep.message(f"{r.path.name}: patched the previous build's output ({format_size(r.patched_bytes)} "
+                        f"changed) instead of converting {format_size(r.virtual_size)}")
         for note in r.notes:
             rep.warn(f"{r.path.name}: {note}")
     return results

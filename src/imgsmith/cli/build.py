@@ -109,7 +109,8 @@ def _debugging(args: argparse.Namespace) -> bool:
 def _output_summary(r: ConvertResult) -> str:
     from ..disk.sizes import format_size
     kind = f"{r.format} ({r.preset})" if r.preset else r.format
-    return f"{kind}  {format_size(r.file_size)}"
+    patched = f"  (patched: {format_size(r.patched_bytes)} changed)" if r.patched_bytes is not None else ""
+    return f"{kind}  {format_size(r.file_size)}{patched}"
 
 
 def _build_live(loaded: LoadedDefinition, options: BuildOptions, args: argparse.Namespace) -> BuildResult:
@@ -167,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{loaded.definition.name}: up to date ({result.plan.output_dir})")
         return 0
     for r in result.outputs:
-        print(f"{r.path}  {r.format}  {r.file_size:,} bytes  sha256:{r.sha256[:16]}…")
+        patched = "  (patched)" if r.patched_bytes is not None else ""
+        print(f"{r.path}  {r.format}  {r.file_size:,} bytes  sha256:{r.sha256[:16]}…{patched}")
     if result.boot is not None:
         print(f"boot test: passed ({len(result.boot.get('checks', []))} check(s))")
     ran = f"{result.sessions} layer session(s), backend {result.backend}" if result.sessions else "all layers cached"

@@ -25,12 +25,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImageError, UsageError
-from . import gcp, ova, qemuimg
+from ..errors import ImageError, ImgsmithError, UsageError
+from . import delta, gcp, ova, qemuimg
 from .files import fsync_dir, fsync_file, partial_dir, sha256_file, write_sha256_file
 from .formats import Format, get_format, resolve_options, writable_format
 from .presets import Layout, Preset, apply_rules, get_preset
@@ -93,6 +93,7 @@ class Plan:
     virtual_size: int
     notes: tuple[str, ...] = ()
     space_needed: int = 0
+    update: delta.Update | None = None  # patch the previous build's output instead of converting
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,14 @@ class ConvertResult:
     sha256: str
     seconds: float
     notes: tuple[str, ...] = field(default=())
+    options: Mapping[str, str] = field(default_factory=dict)
+    patched_bytes: int | None = None  # set when made by patching the previous output
 
     def to_json(self) -> dict[str, Any]:
         return {"path": os.fspath(self.path), "format": self.format, "preset": self.preset,
-                "layout": self.layout, "virtual_size": self.virtual_size, "file_size": self.file_size,
-                "sha256": self.sha256, "seconds": round(self.seconds, 2), "notes": list(self.notes)}
+                "layout": self.layout, "options": dict(self.options), "virtual_size": self.virtual_size,
+                "file_size": self.file_size, "sha256": self.sha256, "seconds": round(self.seconds, 2),
+                "patched_bytes": self.patched_bytes, "notes": list(self.notes)}
 
 
 def open_source(path: str | os.PathLike[str], fmt: str | None = None) -> Source:
@@ -270,7 +274,8 @@ def execute(p: Plan, *, progress: qemuimg.ProgressFn | None = None,
     start = time.monotonic()
     t = p.target
     with partial_dir(t.path) as work:
-        out, disk = _write_disk(p, work, progress, cancel)
+        patched = _patch(p, work)
+        out, disk = (patched, patched) if patched else _write_disk(p, work, progress, cancel)
         # Read the result back (format explicit: a fixed VHD would probe as raw). Only vpc with
         # force_size=off may legitimately come out larger (CHS geometry rounding).
         written = qemuimg.info(disk, t.format.name)
@@ -291,7 +296,23 @@ def execute(p: Plan, *, progress: qemuimg.ProgressFn | None = None,
     took = time.monotonic() - start
     log.info("%s: written in %.1f s", t.path, took)
     return ConvertResult(t.path, t.format.name, t.preset.name if t.preset else None, t.layout.value,
-                         written.virtual_size, t.path.stat().st_size, digest, took, p.notes)
+                         written.virtual_size, t.path.stat().st_size, digest, took, p.notes, dict(t.options),
+                         p.update.changed_bytes if patched and p.update else None)
+
+
+def _patch(p: Plan, work: Path) -> Path | None:
+    """The previous output patched into *work*, or None (no update, or it failed: convert in full)."""
+    if p.update is None or p.virtual_size != p.source.info.virtual_size:
+        return None
+    disk = work / p.target.path.name
+    try:
+        delta.apply(p.update, disk, p.virtual_size)
+    except (ImgsmithError, OSError) as exc:
+        log.warning("%s: could not patch the previous output (%s); converting in full", p.target.path, exc)
+        disk.unlink(missing_ok=True)
+        return None
+    log.info("%s: patched %s of the previous output", p.target.path, format_size(p.update.changed_bytes))
+    return disk
 
 
 def run_plans(plans: Sequence[Plan], *, progress: PlanProgress | None = None,
@@ -326,11 +347,15 @@ def run_plans(plans: Sequence[Plan], *, progress: PlanProgress | None = None,
 
 def convert_many(src: str | os.PathLike[str], targets: Sequence[Target], *, source_format: str | None = None,
                  force: bool = False, progress: PlanProgress | None = None, max_workers: int | None = None,
-                 cancel: threading.Event | None = None) -> list[ConvertResult]:
-    """Check, then write every target from one source in parallel (see the module docstring)."""
+                 cancel: threading.Event | None = None,
+                 updates: Mapping[Path, delta.Update] | None = None) -> list[ConvertResult]:
+    """Check, then write every target from one source in parallel (see the module docstring).
+
+    *updates* (by target path) lets a target be patched from the previous build's output.
+    """
     source = open_source(src, source_format)
-    return run_plans(plan(source, targets, force=force), progress=progress, max_workers=max_workers,
-                     cancel=cancel)
+    plans = [replace(p, update=(updates or {}).get(p.target.path)) for p in plan(source, targets, force=force)]
+    return run_plans(plans, progress=progress, max_workers=max_workers, cancel=cancel)
 
 
 def convert_to(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, fmt: str | None = None,

@@ -26,7 +26,7 @@ from .. import proc
 from ..errors import GuestError, ProcessError
 from .rollback import Session
 
-__all__ = ["METHODS", "BlockDevice", "Partition", "expose"]
+__all__ = ["METHODS", "BlockDevice", "Partition", "expose", "fuse_export"]
 
 log = logging.getLogger("imgsmith.guest")
 
@@ -75,18 +75,31 @@ def _qemu_opt(value: str | os.PathLike[str]) -> str:
     return os.fspath(value).replace(",", ",,")  # qemu's option syntax doubles commas in values
 
 
-def _fuse_export(session: Session, image: Path, fmt: str) -> Path:
-    export = session.dir / "disk.img"
+def fuse_export(session: Session, image: Path, fmt: str, *, name: str = "disk.img", writable: bool = True,
+                compress: bool = False, discard: bool = False) -> Path:
+    """Export *image* (its whole backing chain) as a raw FUSE file in the session directory.
+
+    *compress* puts qemu's compress filter under the export so every write becomes a
+    compressed cluster (qcow2 only; writes must then be whole, aligned clusters); with
+    *discard*, a hole punched in the FUSE file frees the clusters it covers (they read as zeros).
+    """
+    export = session.dir / name
     export.touch()
     session.push("path", str(export))
-    pidfile = session.dir / "qsd.pid"
+    pidfile = session.dir / f"{name}.pid"
     session.push("fuse", str(export))
+    ro = "" if writable else ",read-only=on"
+    unmap = ",discard=unmap" if discard else ""
+    nodes = ["--blockdev", f"driver=file,filename={_qemu_opt(image.resolve())},node-name=file{ro}{unmap}",
+             "--blockdev", f"driver={fmt},file=file,node-name=fmt{ro}{unmap}"]
+    if compress:
+        nodes += ["--blockdev", f"driver=compress,file=fmt,node-name=top{unmap}"]
+    top = "top" if compress else "fmt"
     try:
         proc.run([
-            "qemu-storage-daemon",
-            "--blockdev", f"driver=file,filename={_qemu_opt(image.resolve())},node-name=file",
-            "--blockdev", f"driver={fmt},file=file,node-name=disk",
-            "--export", f"type=fuse,id=exp,node-name=disk,mountpoint={_qemu_opt(export)},writable=on",
+            "qemu-storage-daemon", *nodes,
+            "--export", f"type=fuse,id=exp,node-name={top},mountpoint={_qemu_opt(export)},"
+                        f"writable={'on' if writable else 'off'}",
             "--daemonize", "--pidfile", pidfile,
         ])
     except ProcessError as exc:
@@ -135,7 +148,7 @@ def expose(session: Session, image: Path, fmt: str, *, method: str = "fuse",
     if method not in METHODS:
         raise GuestError(f"unknown exposure method '{method}' (choose from {', '.join(METHODS)})")
     if method == "fuse":
-        backing = _fuse_export(session, image, fmt)
+        backing = fuse_export(session, image, fmt)
         raw = None
     else:
         raw = backing = _raw_copy(session, image, fmt, workdir or image.parent)
