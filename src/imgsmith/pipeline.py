@@ -119,6 +119,13 @@ class BuildResult:
     boot: dict[str, Any] | None = None
 
 
+def _hash_file(h: hashlib._Hash, path: Path) -> None:
+    """Feed a file to *h* in chunks: a base image can be gigabytes, and must not be read into memory."""
+    with path.open("rb") as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+
+
 def _digest_host_path(path: Path) -> str:
     """Content digest of a host file or directory tree (names, modes and contents)."""
     h = hashlib.sha256()
@@ -128,10 +135,10 @@ def _digest_host_path(path: Path) -> str:
             for name in sorted(files):
                 p = Path(root) / name
                 h.update(f"{p.relative_to(path)}\0{p.stat().st_mode & 0o7777:o}\0".encode())
-                h.update(p.read_bytes())
+                _hash_file(h, p)
     else:
         h.update(f"{path.stat().st_mode & 0o7777:o}\0".encode())
-        h.update(path.read_bytes())
+        _hash_file(h, path)
     return h.hexdigest()
 
 
