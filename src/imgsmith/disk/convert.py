@@ -307,7 +307,7 @@ def _patch(p: Plan, work: Path) -> Path | None:
     disk = work / p.target.path.name
     try:
         delta.apply(p.update, disk, p.virtual_size)
-    except (ImgsmithError, OSError) as exc:
+    except (ImgsmithError, OSError, ValueError) as exc:  # ValueError: a range the old file does not have
         log.warning("%s: could not patch the previous output (%s); converting in full", p.target.path, exc)
         disk.unlink(missing_ok=True)
         return None
