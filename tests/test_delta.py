@@ -158,3 +158,32 @@ def test_nothing_qualifies_without_the_old_layer_or_with_another_base(chains: di
     with patch_updates(out, previous, store=store, keys=["d" * 64, "b" * 64], final=chains["new"],
                        virtual_size=SIZE, targets=_targets(out)[:1]) as updates:
         assert updates == {}
+
+
+def test_a_patch_that_fails_falls_back_to_a_full_conversion(chains: dict[str, Path], tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A previous output that is damaged but looks intact (same size and mtime): the patch fails on it,
+    the output is converted in full instead, with a warning, and the result is right."""
+    store = LayerStore(tmp_path / "layers")
+    old_key = "a" * 64
+    (store.root / old_key).mkdir(parents=True)
+    os.link(chains["old"], store.root / old_key / "layer.qcow2")
+    (store.root / old_key / "meta.json").write_text(json.dumps({"key": old_key,
+                                                                "parent_path": str(chains["shared"])}))
+    out = tmp_path / "out"
+    out.mkdir()
+    targets = [make_target(out / "out.vmdk", fmt="vmdk", options={"subformat": "streamOptimized"})]
+    first = convert_many(chains["old"], targets, source_format="qcow2", force=True)
+    previous = _manifest(out, first, ["c" * 64, old_key])
+    st = (out / "out.vmdk").stat()
+    with (out / "out.vmdk").open("r+b") as f:  # break the magic, keep size and mtime
+        f.write(b"XXXX")
+    os.utime(out / "out.vmdk", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with patch_updates(out, previous, store=store, keys=["c" * 64, "b" * 64], final=chains["new"],
+                       virtual_size=SIZE, targets=targets) as updates:
+        assert list(updates) == [out / "out.vmdk"]
+        (result,) = convert_many(chains["new"], targets, source_format="qcow2", force=True, updates=updates)
+    assert result.patched_bytes is None
+    assert "could not patch the previous output" in caplog.text and "converting in full" in caplog.text
+    subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "vmdk", chains["new"], out / "out.vmdk"],
+                   check=True, capture_output=True)
