@@ -34,3 +34,8 @@ PY
 echo
 echo "== a second build with nothing changed"
 time imgsmith build examples/debian12.yaml -o demo-out/debian12
+echo
+echo "== a rebuild after changing one step (the hostname): only that layer runs, and the outputs"
+echo "   are patched where the change landed instead of converted again (boot test skipped)"
+time imgsmith build examples/debian12.yaml -o demo-out/debian12 --no-test \
+  --set layers.1.steps.2.hostname=imgsmith-demo-2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from imgsmith.definition import load_definition
 from imgsmith.definition.load import apply_overrides
-from imgsmith.errors import DefinitionError
+from imgsmith.errors import DefinitionError, UsageError
 
 IMGSMITH = [sys.executable, "-m", "imgsmith.cli.main"]
 
@@ -97,6 +98,18 @@ def test_set_override_rebases_the_sums_file() -> None:
     apply_overrides(data, ["source.url=http://127.0.0.1:8000/x/img.qcow2"])
     assert data["source"] == {"url": "http://127.0.0.1:8000/x/img.qcow2",
                               "checksum-url": "http://127.0.0.1:8000/x/SUMS"}
+
+
+def test_set_override_reaches_into_lists() -> None:
+    data = {"layers": [{"name": "a", "steps": [{"hostname": "one"}, {"timezone": "UTC"}]}]}
+    apply_overrides(data, ["layers.0.steps.0.hostname=two", "layers.0.steps.1={timezone: Asia/Shanghai}"])
+    assert data["layers"][0]["steps"] == [{"hostname": "two"}, {"timezone": "Asia/Shanghai"}]
+    for bad, message in [("layers.3.name=x", "'3' is not an index of a list of 1 item"),
+                         ("layers.first.name=x", "'first' is not an index of a list of 1 item"),
+                         ("layers.0.steps.5=x", "'5' is not an index of a list of 2 item"),
+                         ("layers.0.name.x=1", "cannot set a key inside a non-mapping")]:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            apply_overrides(data, [bad])
 
 
 def test_schema_describes_every_step() -> None:

@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-o", "--output-dir", type=Path, default=None, metavar="DIR",
                    help="where outputs go (default: ./dist/NAME/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a definition value, e.g. source.url=… (repeatable)")
+                   help="override a definition value, e.g. source.url=… or layers.1.steps.0.hostname=web-2 "
+                        "(list items by index; value parsed as YAML; repeatable)")
     p.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     p.add_argument("-n", "--dry-run", action="store_true", help="validate and print the plan; build nothing")
     p.add_argument("--no-test", dest="boot_test", action="store_false", default=None,

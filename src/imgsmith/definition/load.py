@@ -69,18 +69,31 @@ def apply_overrides(data: Any, overrides: Sequence[str]) -> None:
         parts = key.split(".")
         node = data
         for part in parts[:-1]:
-            if not isinstance(node, dict):
-                raise UsageError(f"--set {key}: {part!r} is not a mapping in the definition")
-            node = node.setdefault(part, {})
+            node = _child(node, part, key)
+        value = yaml.safe_load(raw) if raw else ""
+        if isinstance(node, list):  # layers.1.steps.2=... replaces a whole list item
+            _child(node, parts[-1], key)
+            node[int(parts[-1])] = value
+            continue
         if not isinstance(node, dict):
             raise UsageError(f"--set {key}: cannot set a key inside a non-mapping")
-        value = yaml.safe_load(raw) if raw else ""
         old = node.get(parts[-1])
         node[parts[-1]] = value
         if parts == ["source", "url"] and isinstance(old, str) and isinstance(node.get("checksum-url"), str):
             sums = node["checksum-url"]
             if posixpath.dirname(sums) == posixpath.dirname(old):
                 node["checksum-url"] = posixpath.join(posixpath.dirname(str(value)), posixpath.basename(sums))
+
+
+def _child(node: Any, part: str, key: str) -> Any:
+    """One step down a ``--set`` path: a mapping key (created if missing) or a list index (must exist)."""
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise UsageError(f"--set {key}: {part!r} is not an index of a list of {len(node)} item(s)")
+        return node[int(part)]
+    if not isinstance(node, dict):
+        raise UsageError(f"--set {key}: {part!r} is not a mapping in the definition")
+    return node.setdefault(part, {})
 
 
 def _model_problems(file: Path, loc: Located, exc: ValidationError) -> list[str]:
