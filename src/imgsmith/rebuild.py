@@ -56,7 +56,7 @@ def _previous_output(out_dir: Path, previous: Mapping[str, Any], target: Target)
 def patch_updates(out_dir: Path, previous: Mapping[str, Any] | None, *, store: LayerStore, keys: Sequence[str],
                   final: Path, virtual_size: int, targets: Sequence[Target]) -> Iterator[dict[Path, delta.Update]]:
     """Updates by target path for the outputs that qualify (see the module docstring), valid inside the block."""
-    candidates: dict[Path, tuple[Path, str]] = {}
+    candidates: dict[Path, tuple[Path, delta.Kind]] = {}
     old_keys = [str(x.get("key")) for x in (previous or {}).get("layers", [])]
     shared = _shared_prefix(old_keys, keys)
     old_top = store.get(old_keys[-1]) if previous and shared and old_keys else None

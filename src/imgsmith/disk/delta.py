@@ -39,17 +39,19 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .. import proc
 from ..errors import ImageError
 from . import qemuimg
 from .presets import Layout
 
-__all__ = ["Extent", "Update", "apply", "changed_extents", "merge", "patch_kind", "source_view"]
+__all__ = ["Extent", "Kind", "Update", "apply", "changed_extents", "merge", "patch_kind", "source_view"]
 
 log = logging.getLogger("imgsmith.disk")
 
 Extent = tuple[int, int]  # (offset, length) in bytes of the virtual disk
+Kind = Literal["raw", "vhd-fixed", "qcow2", "qcow2-compressed", "vmdk-stream"]
 
 BLOCK = 64 * 1024  # qcow2's default cluster and the VMDK grain: the unit of every patch
 _CHUNK = 4 << 20
@@ -63,7 +65,7 @@ class Update:
     """How to make one output from the previous build's: which file, which ranges, read from where."""
 
     previous: Path
-    kind: str
+    kind: Kind
     extents: tuple[Extent, ...]
     view: Path  # raw FUSE view of the new final image
 
@@ -72,7 +74,7 @@ class Update:
         return sum(length for _, length in self.extents)
 
 
-def patch_kind(fmt: str, options: Mapping[str, str], layout: Layout) -> str | None:
+def patch_kind(fmt: str, options: Mapping[str, str], layout: Layout) -> Kind | None:
     """The patcher for an output, or None when only a full conversion can make it."""
     if layout is not Layout.PLAIN:
         return None
