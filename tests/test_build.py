@@ -68,7 +68,9 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     (tmp_path / "files").mkdir()
     (tmp_path / "files" / "app.conf").write_text("answer=42\n")
     write_definition(tmp_path, "one")
-    env = {**os.environ, "IMGSMITH_CACHE": str(tmp_path / "cache"), "BUILD_TEST_PW": SECRET}
+    # Session records of its own: another test's imgsmith must not sweep this one's killed build first.
+    env = {**os.environ, "IMGSMITH_CACHE": str(tmp_path / "cache"), "BUILD_TEST_PW": SECRET,
+           "IMGSMITH_RUN_DIR": str(tmp_path / "run")}
     return tmp_path, env
 
 
@@ -115,6 +117,7 @@ def test_build_cache_kills_and_secrets(project: tuple[Path, dict[str, str]], bac
     assert r.returncode == 0, r.stderr
     if chroot:  # the killed build's mounts, loop device and storage daemon were released first
         assert f"(pid {proc.pid}) that did not exit cleanly" in r.stderr
+        assert not list(Path(env["IMGSMITH_RUN_DIR"]).glob(f"{proc.pid}-*"))
     cold = json.loads(r.stdout)
     assert cold["sessions"] == 2 and [x["cached"] for x in cold["layers"]] == [False, False]
     assert (cold["backend"], cold["launches"]) == (backend, 0 if chroot else 2)

@@ -128,8 +128,14 @@ def test_guest_symlinks_never_reach_the_host(fresh_guest: Callable[..., Path]) -
     assert files["/etc/resolv.conf"] == b"nameserver 10.0.2.3\nsearch example.com\n"  # the guest's own again
 
 
+# The kill tests keep their session records apart: every imgsmith session sweeps the stale records
+# it finds, and one started by a test on the other xdist worker must not sweep this test's first.
+PRIVATE_RUN_DIR = RUN_DIR.parent / f"test-{os.getpid()}"
+PRIVATE_ENV = {**os.environ, "IMGSMITH_RUN_DIR": str(PRIVATE_RUN_DIR)}
+
+
 def _sessions_of(pid: int) -> list[Path]:
-    return sorted(RUN_DIR.glob(f"{pid}-*")) if RUN_DIR.is_dir() else []
+    return sorted(PRIVATE_RUN_DIR.glob(f"{pid}-*")) if PRIVATE_RUN_DIR.is_dir() else []
 
 
 def _loops_backed_by(path_part: str) -> list[str]:
@@ -140,7 +146,7 @@ def _loops_backed_by(path_part: str) -> list[str]:
 def _start_slow_customize(disk: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen([*IMGSMITH, "customize", "-a", str(disk), "--backend", "chroot",
                              "--write", "/etc/motd:changed", "--run-command", "sleep 120"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=PRIVATE_ENV)
     assert proc.stderr is not None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -185,7 +191,7 @@ def test_sigterm_unwinds_and_kill9_is_swept_by_the_next_run(fresh_guest: Callabl
 
     # ...and the next chroot run, any run, releases them before it starts.
     r = subprocess.run([*IMGSMITH, "customize", "-a", str(disk), "--backend", "chroot", "--touch", "/after"],
-                       capture_output=True, text=True, check=False)
+                       capture_output=True, text=True, check=False, env=PRIVATE_ENV)
     assert r.returncode == 0, r.stderr
     assert f"cleaning up after an imgsmith (pid {proc.pid}) that did not exit cleanly" in r.stderr
     assert _sessions_of(proc.pid) == []
