@@ -439,7 +439,7 @@ def _write_outputs(loaded: LoadedDefinition, plan: BuildPlan, final: tuple[Path,
     rep.stage(f"outputs: {len(targets)} in parallel -> {out_dir}")
     t = time.monotonic()
     previous = read_manifest(out_dir) if patch and final[1] == "qcow2" else None
-    size = qemuimg.info(final[0], final[1]).virtual_size
+    size = qemuimg.info(final[0], final[1]).virtual_size if previous else 0  # only a patch needs it
     with patch_updates(out_dir, previous, store=store, keys=[x.key for x in plan.layers], final=final[0],
                        virtual_size=size, targets=targets) as updates:
         results = convert_many(final[0], targets, source_format=final[1], force=True, updates=updates,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -145,10 +146,15 @@ def source_view(image: Path, fmt: str = "qcow2") -> Iterator[Path]:
         yield fuse_export(session, image, fmt, name="source.img", writable=False)
 
 
-def _fallocate_punch(fd: int, offset: int, length: int) -> None:
+@functools.cache
+def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if libc.fallocate(fd, _PUNCH, offset, length) != 0:
+    return libc
+
+
+def _fallocate_punch(fd: int, offset: int, length: int) -> None:
+    if _libc().fallocate(fd, _PUNCH, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
 
