@@ -26,9 +26,10 @@ from typing import TypedDict
 import pytest
 from rich.console import Console
 
-from imgsmith.cli.live import LiveView, StageBoard, StageInfo, parse_stage
+from imgsmith.cli.live import LiveView, StageBoard
 from imgsmith.cli.render import Progress, use_live
 from imgsmith.errors import OperationError, ProcessError
+from imgsmith.events import StageKind, StageStarted
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PLAIN_LINE = re.compile(r"^\[\s*\d+\.\d\] (?P<text>.*)$")
@@ -85,48 +86,48 @@ def row(text: str, title: str) -> str:
     return found[0]
 
 
-# -- reading the pipeline's stage lines -------------------------------------------------
+# -- the plain wording of stage events ----------------------------------------------------
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ("source: https://cloud.centos.org/centos/7/images/c7.qcow2",
-     StageInfo("source", "source", "https://cloud.centos.org/centos/7/images/c7.qcow2")),
-    ("source: bootstrap debian bookworm", StageInfo("source", "source", "bootstrap debian bookworm")),
-    ("layer 1/3 packages: cached", StageInfo("layer", "layer 1/3 packages", "cached", cached=True)),
-    ("layer 2/3 config: 4 step(s) (accelerator tcg)",
-     StageInfo("layer", "layer 2/3 config", "4 step(s) (accelerator tcg)")),
-    ("sysprep: 12 operations", StageInfo("sysprep", "sysprep", "12 operations")),
-    ("outputs: 2 in parallel -> /srv/dist/demo", StageInfo("outputs", "outputs", "2 in parallel -> /srv/dist/demo")),
-    ("boot test: demo.qcow2", StageInfo("boot", "boot test", "demo.qcow2")),
-    ("something new", StageInfo("other", "something new", "")),
+@pytest.mark.parametrize(("event", "line"), [
+    (StageStarted(StageKind.SOURCE, "https://cloud.centos.org/centos/7/images/c7.qcow2"),
+     "source: https://cloud.centos.org/centos/7/images/c7.qcow2"),
+    (StageStarted(StageKind.SOURCE, "bootstrap debian bookworm"), "source: bootstrap debian bookworm"),
+    (StageStarted(StageKind.LAYER, "cached", 1, 3, "packages", cached=True), "layer 1/3 packages: cached"),
+    (StageStarted(StageKind.LAYER, "4 step(s) (accelerator tcg)", 2, 3, "config"),
+     "layer 2/3 config: 4 step(s) (accelerator tcg)"),
+    (StageStarted(StageKind.SYSPREP, "12 operations"), "sysprep: 12 operations"),
+    (StageStarted(StageKind.OUTPUTS, "2 in parallel -> /srv/dist/demo"), "outputs: 2 in parallel -> /srv/dist/demo"),
+    (StageStarted(StageKind.BOOT, "demo.qcow2"), "boot test: demo.qcow2"),
 ])
-def test_parse_stage_reads_the_pipeline_wording(line: str, expected: StageInfo) -> None:
-    assert parse_stage(line) == expected
+def test_stage_events_read_as_the_plain_lines_ci_logs_show(event: StageStarted, line: str) -> None:
+    assert str(event) == line
 
 
 # -- the live view ----------------------------------------------------------------------
 
 def scripted_build(view: LiveView, clock: FakeClock) -> None:
     """A whole build as pipeline.py reports it: download, cached and built layers, sysprep, outputs, boot."""
-    view.stage("source: https://example.org/images/base.qcow2")
+    view(StageStarted(StageKind.SOURCE, "https://example.org/images/base.qcow2"))
     view.progress("download", 40.0)
     clock.advance(12.0)
     view.progress("verify", 100.0)
-    view.stage("layer 1/3 packages: cached")
-    view.stage("layer 2/3 config: 4 step(s) (accelerator tcg)")
+    view(StageStarted(StageKind.LAYER, "cached", 1, 3, "packages", cached=True))
+    view(StageStarted(StageKind.LAYER, "4 step(s) (accelerator tcg)", 2, 3, "config"))
     view.message("timezone: Asia/Shanghai")
     clock.advance(65.0)
-    view.stage("layer 3/3 final: 1 step(s) (accelerator tcg)")
+    view(StageStarted(StageKind.LAYER, "1 step(s) (accelerator tcg)", 3, 3, "final"))
     clock.advance(3.0)
-    view.stage("sysprep: 12 operations")
+    view(StageStarted(StageKind.SYSPREP, "12 operations"))
     clock.advance(2.0)
-    view.stage("outputs: 2 in parallel -> /out")
+    view(StageStarted(StageKind.OUTPUTS, "2 in parallel -> /out"))
     view.progress("demo-openstack.qcow2", 10.0)
     view.progress("demo-streamOptimized.vmdk", 10.0)
     clock.advance(4.0)
     view.progress("demo-streamOptimized.vmdk", 100.0)
     clock.advance(1.5)
     view.progress("demo-openstack.qcow2", 100.0)
-    view.stage("boot test: demo-openstack.qcow2")
+    view(StageStarted(StageKind.MANIFEST, "/out/manifest.json"))
+    view(StageStarted(StageKind.BOOT, "demo-openstack.qcow2"))
     view.message("login prompt reached")
     clock.advance(90.0)
     view.finish(manifest=Path("/out/manifest.json"),
@@ -159,8 +160,8 @@ def test_finished_build_collapses_every_stage_to_a_tick_with_its_duration() -> N
 def test_running_stage_shows_a_spinner_its_latest_step_and_elapsed_time() -> None:
     clock = FakeClock()
     board = StageBoard(clock)
-    board.stage("layer 1/2 packages: cached")
-    board.stage("layer 2/2 config: 4 step(s) (accelerator tcg)")
+    board.stage(StageStarted(StageKind.LAYER, "cached", 1, 2, "packages", cached=True))
+    board.stage(StageStarted(StageKind.LAYER, "4 step(s) (accelerator tcg)", 2, 2, "config"))
     text = snapshot(board)
     assert "4 step(s) (accelerator tcg)" in row(text, "layer 2/2 config")  # before any news: the plan
     board.message("[bold]run-command[/bold]: systemctl enable qemu-guest-agent\nsecond line")
@@ -176,7 +177,7 @@ def test_running_stage_shows_a_spinner_its_latest_step_and_elapsed_time() -> Non
 def test_outputs_get_a_row_and_a_bar_each() -> None:
     clock = FakeClock()
     board = StageBoard(clock)
-    board.stage("outputs: 3 in parallel -> /out")
+    board.stage(StageStarted(StageKind.OUTPUTS, "3 in parallel -> /out"))
     board.progress("a.qcow2", 42.0)
     board.progress("c.vmdk", 0.0)
     clock.advance(2.0)
@@ -193,7 +194,7 @@ def test_outputs_get_a_row_and_a_bar_each() -> None:
 def test_download_shows_phase_percent_and_bytes_when_the_size_is_known() -> None:
     console = terminal()
     view = LiveView(console, clock=FakeClock())
-    view.stage("source: https://example.org/base.qcow2")
+    view(StageStarted(StageKind.SOURCE, "https://example.org/base.qcow2"))
     view.transfer("download", 1 * MiB, 4 * MiB)
     line = row(snapshot(view.board), "source")
     assert "download" in line and "25%" in line and "1 MiB / 4 MiB" in line
@@ -208,8 +209,8 @@ def test_download_shows_phase_percent_and_bytes_when_the_size_is_known() -> None
 def test_failure_marks_the_running_stage_with_the_error_and_keeps_the_finished_ones() -> None:
     clock, console = FakeClock(), terminal()
     with pytest.raises(OperationError), LiveView(console, clock=clock) as view:
-        view.stage("layer 1/2 packages: cached")
-        view.stage("layer 2/2 config: 3 step(s) (accelerator tcg)")
+        view(StageStarted(StageKind.LAYER, "cached", 1, 2, "packages", cached=True))
+        view(StageStarted(StageKind.LAYER, "3 step(s) (accelerator tcg)", 2, 2, "config"))
         view.message("run-command: false")
         clock.advance(4.0)
         raise OperationError(3, "run-command", "command failed with exit status 1")
@@ -224,7 +225,7 @@ def test_failure_marks_the_running_stage_with_the_error_and_keeps_the_finished_o
 def test_a_failed_output_is_named_and_its_parallel_siblings_show_as_stopped() -> None:
     console = terminal()
     with pytest.raises(ProcessError), LiveView(console, clock=FakeClock()) as view:
-        view.stage("outputs: 3 in parallel -> /out")
+        view(StageStarted(StageKind.OUTPUTS, "3 in parallel -> /out"))
         view.progress("a.qcow2", 100.0)
         view.progress("b.vhd", 30.0)
         view.progress("c.vmdk", 60.0)
@@ -240,7 +241,8 @@ def test_a_failed_output_is_named_and_its_parallel_siblings_show_as_stopped() ->
 def test_an_interrupt_shows_where_the_build_stopped() -> None:
     console = terminal()
     with pytest.raises(KeyboardInterrupt), LiveView(console, clock=FakeClock()) as view:
-        view.stage("boot test: demo.qcow2")
+        view(StageStarted(StageKind.MANIFEST, "/out/manifest.json"))
+        view(StageStarted(StageKind.BOOT, "demo.qcow2"))
         raise KeyboardInterrupt
     line = row(screen(console), "boot test")
     assert line.startswith("✗") and "interrupted" in line
@@ -250,7 +252,7 @@ def test_an_interrupt_shows_where_the_build_stopped() -> None:
 def test_warnings_and_verbose_messages_print_above_the_view() -> None:
     console = terminal()
     with LiveView(console, clock=FakeClock(), verbose=True) as view:
-        view.stage("layer 1/1 base: 1 step(s) (accelerator kvm)")
+        view(StageStarted(StageKind.LAYER, "1 step(s) (accelerator kvm)", 1, 1, "base"))
         view.warn("sysprep operation ssh-userdir dropped: [reason]")
         view.message("install: [vim]")
         view.finish()
@@ -262,7 +264,7 @@ def test_warnings_and_verbose_messages_print_above_the_view() -> None:
 def test_progress_from_parallel_threads_while_the_view_redraws() -> None:
     clock = FakeClock()
     board = StageBoard(clock)
-    board.stage("outputs: 4 in parallel -> /out")
+    board.stage(StageStarted(StageKind.OUTPUTS, "4 in parallel -> /out"))
     names = [f"out{i}.qcow2" for i in range(4)]
 
     def convert(name: str) -> None:
@@ -454,7 +456,7 @@ def test_library_log_lines_go_above_the_view_not_across_it() -> None:
     console = terminal()
     try:
         with LiveView(console, clock=FakeClock()) as view:
-            view.stage("layer 1/1 base: 1 step(s) (accelerator kvm)")
+            view(StageStarted(StageKind.LAYER, "1 step(s) (accelerator kvm)", 1, 1, "base"))
             logging.getLogger("imgsmith.test").info("appliance launched in 2.1 s")
             view.finish()
     finally:
@@ -467,7 +469,8 @@ def test_library_log_lines_go_above_the_view_not_across_it() -> None:
 def test_a_board_taller_than_the_terminal_keeps_the_running_stage_in_view() -> None:
     board = StageBoard(FakeClock())
     for i in range(1, 31):
-        board.stage(f"layer {i}/30 step{i}: cached" if i < 30 else "layer 30/30 last: 1 step(s) (accelerator tcg)")
+        board.stage(StageStarted(StageKind.LAYER, "cached", i, 30, f"step{i}", cached=True) if i < 30
+                    else StageStarted(StageKind.LAYER, "1 step(s) (accelerator tcg)", 30, 30, "last"))
     console = Console(file=io.StringIO(), force_terminal=True, width=100, height=10)
     console.print(board)
     lines = ANSI.sub("", written(console)).splitlines()

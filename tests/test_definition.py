@@ -41,7 +41,7 @@ def test_every_problem_with_its_position(tmp_path: Path) -> None:
     f.write_text(BAD)
     with pytest.raises(DefinitionError) as info:
         load_definition(f)
-    assert info.value.problems == [
+    assert [str(p) for p in info.value.problems] == [
         f"{f}:5:1: colour: unknown key 'colour'",
         f"{f}:10:15: layers[0].steps[1].edit: --edit /etc/x: bad regex '(': missing ), unterminated subpattern "
         "at position 0",
@@ -58,10 +58,17 @@ def test_cli_reports_all_problems_and_exits_2(tmp_path: Path) -> None:
     f.write_text(BAD)
     r = subprocess.run([*IMGSMITH, "build", str(f)], capture_output=True, text=True, check=False)
     assert r.returncode == 2
-    assert r.stderr.startswith(f"imgsmith: error: {f}:5:1: colour: unknown key 'colour'")
-    assert "(and 5 more)" in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 6 and all(line.startswith(f"imgsmith: error: {f}:") for line in lines), r.stderr
+    assert lines[0] == f"imgsmith: error: {f}:5:1: colour: unknown key 'colour'"
+    assert lines[-1] == f"imgsmith: error: {f}:15:5: outputs[0]: options go with format, not preset"
     r = subprocess.run([*IMGSMITH, "build", str(f), "--json"], capture_output=True, text=True, check=False)
     assert r.returncode == 2
+    error = json.loads(r.stdout)["error"]
+    assert error["kind"] == "DefinitionError" and len(error["problems"]) == 6
+    assert error["problems"][0] == {"file": str(f), "line": 5, "column": 1, "path": "colour",
+                                    "message": "unknown key 'colour'"}
+    assert error["message"].splitlines()[2] == f"{f}:11:9: layers[0].steps[2].frobnicate: unknown operation 'frobnicate'"
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -82,7 +89,7 @@ def test_single_problems(tmp_path: Path, text: str, expected: str) -> None:
     f.write_text(text)
     with pytest.raises(DefinitionError) as info:
         load_definition(f)
-    assert any(p.startswith(str(f)) and expected in p for p in info.value.problems), info.value.problems
+    assert any(str(p).startswith(str(f)) and expected in str(p) for p in info.value.problems), info.value.problems
 
 
 def test_examples_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,16 +8,21 @@ working (the transaction was rolled back), 130 for an interrupt.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 __all__ = [
     "ChecksumError",
     "DefinitionError",
     "GuestError",
+    "HostIOError",
     "ImageError",
     "ImgsmithError",
     "OperationError",
+    "Problem",
     "ProcessError",
     "UsageError",
+    "error_document",
 ]
 
 
@@ -45,14 +50,34 @@ class ImageError(UsageError):
     """The disk image itself is unusable: missing, unreadable, corrupt, unsupported format."""
 
 
-class DefinitionError(UsageError):
-    """One or more problems in a definition file, each already formatted as ``FILE:LINE:COL: msg``."""
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One problem in a definition file, where it is: rendered ``FILE:LINE:COL: PATH: message``.
 
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        head = self.problems[0] if self.problems else "invalid definition"
-        extra = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
-        super().__init__(head + extra)
+    Ordered by position (line, column), so a user reads them top to bottom.
+    """
+
+    line: int
+    column: int
+    file: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f" {self.path}:" if self.path else ""  # no path when the file is not even YAML
+        return f"{self.file}:{self.line}:{self.column}:{where} {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DefinitionError(UsageError):
+    """Every problem found in a definition file; the CLI prints each on its own line."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = sorted(set(problems))
+        lines = [str(p) for p in self.problems] or ["invalid definition"]
+        super().__init__("\n".join(lines))
 
 
 class ProcessError(ImgsmithError):
@@ -80,7 +105,32 @@ class OperationError(ImgsmithError):
         self.cause = cause
 
 
+class HostIOError(ImgsmithError):
+    """The host refused a file operation (ENOSPC, EACCES, EROFS...): names the path and what was being done."""
+
+    def __init__(self, doing: str, exc: OSError) -> None:
+        where = exc.filename if exc.filename is not None else "?"
+        super().__init__(f"{doing}: {where}: {exc.strerror or exc}")
+        self.errno = exc.errno
+
+
 class ChecksumError(ImgsmithError):
     """A downloaded or supplied image does not match its expected checksum."""
 
     exit_code = 2
+
+
+def error_document(exc: BaseException) -> dict[str, Any]:
+    """The ``--json`` form of a failure: ``{"error": {"kind", "message", "problems"}}``, for any command."""
+    if isinstance(exc, ImgsmithError):
+        kind, message = type(exc).__name__, exc.message
+    elif isinstance(exc, KeyboardInterrupt):
+        kind, message = "Interrupted", "interrupted; nothing was committed"
+    else:
+        kind, message = type(exc).__name__, str(exc)
+    body: dict[str, Any] = {"kind": kind, "message": message,
+                            "problems": [p.to_json() for p in getattr(exc, "problems", [])]}
+    hint = getattr(exc, "hint", None)
+    if hint:
+        body["hint"] = hint
+    return {"error": body}

@@ -15,7 +15,8 @@ from .render import Progress, print_json, use_live
 if TYPE_CHECKING:  # the pipeline pulls in pydantic and the guest modules: imported when building
     from ..definition import LoadedDefinition
     from ..disk.convert import ConvertResult
-    from ..pipeline import BuildOptions, BuildResult
+    from ..events import Event
+    from ..pipeline import BuildOptions, BuildPlan, BuildResult
 
 EPILOG = """\
 The build reuses every cached layer whose inputs are unchanged (a layer's key hashes
@@ -83,21 +84,23 @@ class _BarOrLines:
             print(f"  {label}: {pct:.0f}%", file=sys.stderr, flush=True)
 
 
-def _plan_lines(plan: Any) -> list[str]:
+def _plan_lines(plan: BuildPlan) -> list[str]:
     lines = [f"plan for {plan.definition.definition.name} (from {plan.base_origin}):"]
     for layer in plan.layers:
-        what = "cached" if layer.cached else "will run"
+        what = "cached" if layer.cached else f"will run: {layer.miss}"
         extra = f" + sysprep ({len(layer.sysprep)} ops)" if layer.sysprep else ""
         grow = f" + grow to {layer.resize}" if layer.resize else ""
         lines.append(f"  layer {layer.index} {layer.name}: {len(layer.ops)} step(s){grow}{extra} — {what} "
                      f"[{layer.key[:12]}]")
     for name, why in plan.dropped_sysprep:
         lines.append(f"  sysprep: {name} dropped because {why}")
-    for o in plan.definition.definition.outputs:
-        lines.append(f"  output: {o.preset or o.format}")
+    for spec in plan.definition.outputs:
+        lines.append(f"  output: {spec.name} ({spec.label})")
     choice = plan.backend
     lines.append(f"  backend: {choice.name} ({choice.reason})")
     lines.append(f"  into: {plan.output_dir}")
+    if plan.up_to_date:
+        lines.append("  up to date: nothing to do")
     return lines
 
 
@@ -114,14 +117,41 @@ def _output_summary(r: ConvertResult) -> str:
     return f"{kind}  {format_size(r.file_size)}{patched}"
 
 
+class _PlainEvents:
+    """The build's events as ``[  12.3] stage`` lines on stderr (not a terminal, -q, --json, --debug).
+
+    CI logs and tests read these lines: a stage reads as ``str()`` of its event. A
+    :class:`~imgsmith.events.Notice` (a generated password) is printed once whatever the
+    verbosity: on stdout, or on stderr with --json so stdout stays one JSON document.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.lines = Progress(quiet=args.quiet or args.json)
+        self.bars = _BarOrLines(args.quiet or args.json)
+        self.verbose = bool(args.verbose)
+        self.notice = self.lines.output_fn(bool(args.json))
+
+    def __call__(self, event: Event) -> None:
+        from ..events import Message, Notice, Progress, StageStarted, Warn
+        if isinstance(event, StageStarted):
+            self.lines.message(str(event))
+        elif isinstance(event, Message):
+            if self.verbose:
+                self.lines.message(event.text)
+        elif isinstance(event, Warn):
+            self.lines.warn(event.text)
+        elif isinstance(event, Progress):
+            self.bars(event.label, event.pct)
+        elif isinstance(event, Notice):
+            self.notice(event.text)
+
+
 def _build_live(loaded: LoadedDefinition, options: BuildOptions, args: argparse.Namespace) -> BuildResult:
     """The build under the rich live view (stderr is a terminal): a row per stage, redrawn in place."""
-    from ..pipeline import Reporter, build
+    from ..pipeline import build
     from .live import LiveView  # rich is imported only on this path
     with LiveView.for_stderr(verbose=args.verbose) as view:
-        reporter = Reporter(stage=view.stage, message=view.message, warn=view.warn, progress=view.progress,
-                            transfer=view.transfer)
-        result = build(loaded, options, reporter)
+        result = build(loaded, options, view)
         written = not (result.nothing_to_do or options.dry_run)
         view.finish(manifest=result.manifest if written else None,
                     outputs={r.path.name: _output_summary(r) for r in result.outputs})
@@ -129,15 +159,21 @@ def _build_live(loaded: LoadedDefinition, options: BuildOptions, args: argparse.
 
 
 def _build_plain(loaded: LoadedDefinition, options: BuildOptions, args: argparse.Namespace) -> BuildResult:
-    """The build with ``[  12.3] stage`` lines on stderr (not a terminal, -q, --json, --debug).
+    from ..pipeline import build
+    return build(loaded, options, _PlainEvents(args))
 
-    CI logs and tests parse these lines: their wording is the pipeline's, unchanged.
-    """
-    from ..pipeline import Reporter, build
-    progress = Progress(quiet=args.quiet or args.json)
-    reporter = Reporter(stage=progress.message, message=progress.message if args.verbose else lambda _m: None,
-                        warn=progress.warn, progress=_BarOrLines(args.quiet or args.json))
-    return build(loaded, options, reporter)
+
+def _json_result(loaded: LoadedDefinition, result: BuildResult, args: argparse.Namespace,
+                 seconds: float) -> dict[str, Any]:
+    return {
+        "name": loaded.definition.name, "nothing_to_do": result.nothing_to_do, "dry_run": args.dry_run,
+        "output_dir": str(result.plan.output_dir),
+        "layers": [{"name": x.name, "key": x.key, "cached": x.cached, "miss": x.miss} for x in result.plan.layers],
+        "dropped_sysprep": [n for n, _ in result.plan.dropped_sysprep],
+        "outputs": [r.to_json() for r in result.outputs], "manifest": str(result.manifest or ""),
+        "launches": result.launches, "sessions": result.sessions, "backend": result.backend,
+        "seconds": round(seconds, 2), "boot_test": result.boot,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,16 +187,7 @@ def run(args: argparse.Namespace) -> int:
     live = use_live(sys.stderr, quiet=args.quiet, json_mode=args.json, debug=_debugging(args))
     result = (_build_live if live else _build_plain)(loaded, options, args)
     if args.json:
-        data: dict[str, Any] = {
-            "name": loaded.definition.name, "nothing_to_do": result.nothing_to_do, "dry_run": args.dry_run,
-            "output_dir": str(result.plan.output_dir),
-            "layers": [{"name": x.name, "key": x.key, "cached": x.cached} for x in result.plan.layers],
-            "dropped_sysprep": [n for n, _ in result.plan.dropped_sysprep],
-            "outputs": [r.to_json() for r in result.outputs], "manifest": str(result.manifest or ""),
-            "launches": result.launches, "sessions": result.sessions, "backend": result.backend,
-            "seconds": round(time.monotonic() - start, 2), "boot_test": result.boot,
-        }
-        print_json(data)
+        print_json(_json_result(loaded, result, args, time.monotonic() - start))
         return 0
     if args.dry_run:
         print("\n".join(_plan_lines(result.plan)))

@@ -1,16 +1,16 @@
 """The live view of `imgsmith build` on a terminal: one row per stage, redrawn in place.
 
-The pipeline knows nothing of terminals: it reports through four callbacks (stage,
-message, warn, progress). This module turns that stream into rows a person can read
-at a glance while a build takes minutes::
+The pipeline knows nothing of terminals: it emits typed events (imgsmith.events). This
+module turns that stream into rows a person can read at a glance while a build takes
+minutes::
 
     ✓ source            https://cloud.centos.org/…/CentOS-7-x86_64-GenericCloud.qcow2   41.0s
     ✓ layer 1/2 packages cached
     ⠹ layer 2/2 config  running step 3: timezone                                       12.4s
     ⠹   centos7-openstack.qcow2  ━━━━━━━━━━━━━╸━━━━━━━━━━━━━━  48%                      3.1s
 
-A stage runs until the next one starts (or the build returns), then collapses to a ✓
-line with its duration; the stage that was running when the build raised shows ✗ and
+A stage runs until it finishes (or the next one starts, or the build returns), then
+collapses to a ✓ line with its duration; the stage that was running when the build raised shows ✗ and
 the error's first line (the full message and hint follow from the CLI's error handler).
 Progress labels become rows of their own under the running stage (each output's
 conversion), except during ``source``, whose download/verify phases drive its own bar.
@@ -22,7 +22,6 @@ a terminal: ``imgsmith --help``, ``--json`` and piped runs never pay for importi
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 import time
@@ -42,42 +41,11 @@ from rich.text import Text
 
 from ..disk.sizes import format_size
 from ..errors import ImgsmithError
+from ..events import Event, Message, Notice, Progress, StageFinished, StageKind, StageStarted, Warn
 
-__all__ = ["LiveView", "StageBoard", "StageInfo", "parse_stage"]
+__all__ = ["LiveView", "StageBoard"]
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class StageInfo:
-    """What a pipeline stage line means: the row's kind, its title, and the text it collapses to."""
-
-    kind: str  # source, layer, sysprep, outputs, boot, manifest, or other
-    title: str
-    summary: str
-    cached: bool = False
-
-
-_SIMPLE_STAGES = (("source", "source"), ("sysprep", "sysprep"), ("outputs", "outputs"), ("boot test", "boot"),
-                  ("manifest", "manifest"))
-_LAYER = re.compile(r"layer (?P<index>\d+)/(?P<count>\d+) (?P<name>.+?): (?P<rest>.*)")
-
-
-def parse_stage(text: str) -> StageInfo:
-    """Read a stage line as pipeline.py words it (``layer 2/3 config: 4 step(s) (accelerator tcg)``).
-
-    The pipeline reports stages as text (the plain view prints them verbatim), so the
-    live view recovers their structure here; a line it does not recognise still gets
-    a row of its own, titled with the whole line.
-    """
-    layer = _LAYER.fullmatch(text)
-    if layer is not None:
-        title = f"layer {layer['index']}/{layer['count']} {layer['name']}"
-        return StageInfo("layer", title, layer["rest"], cached=layer["rest"] == "cached")
-    for prefix, kind in _SIMPLE_STAGES:
-        if text.startswith(prefix + ": "):
-            return StageInfo(kind, prefix, text[len(prefix) + 2:])
-    return StageInfo("other", text, "")
 
 
 class State(Enum):
@@ -166,18 +134,24 @@ class StageBoard:
             return
         self._rows.append(_Row("manifest", "manifest", summary, now, State.DONE, now, timed=False))
 
-    def stage(self, text: str) -> None:
-        """A new stage starts: the running one is finished (stages run one after another)."""
-        info = parse_stage(text)
+    def stage(self, event: StageStarted) -> None:
+        """A new stage starts: a running one is finished (stages run one after another)."""
         with self._lock:
             now = self._clock()
             self._close_current(now)
-            if info.kind == "boot":  # the pipeline writes the manifest just before the boot test
-                self._manifest_row(now, "manifest.json")
-            row = _Row(info.kind, info.title, info.summary, now)
-            if info.cached:
+            row = _Row(event.kind.value, event.title, event.detail, now)
+            if event.cached:
                 row.close(State.CACHED, now)
             self._rows.append(row)
+
+    def finished(self, event: StageFinished) -> None:
+        """The running stage of that kind is over (a stage already closed by its successor stays closed)."""
+        with self._lock:
+            row = self._current()
+            if row is not None and row.kind == event.kind.value:
+                self._close_current(self._clock())
+                if event.summary is not None:
+                    row.summary = event.summary
 
     def message(self, text: str) -> None:
         """The running stage's latest news (the step being applied, the boot stage reached)."""
@@ -199,7 +173,7 @@ class StageBoard:
                 return
             now = self._clock()
             target = row
-            if row.kind == "source":
+            if row.kind == StageKind.SOURCE.value:
                 if row.phase != label:
                     row.phase, row.done_bytes, row.total_bytes = label, None, None
             else:
@@ -309,7 +283,7 @@ class LiveView:
 
     Use as a context manager around the build: on an exception the running stage is
     marked ✗ and the exception propagates to the CLI's error handler unchanged. Its
-    methods match the pipeline's ``Reporter`` callbacks, so the CLI only wires them.
+    it is the pipeline's event sink (``view(event)``), so the CLI only passes it.
     """
 
     def __init__(self, console: Console, *, verbose: bool = False, clock: Clock = time.monotonic,
@@ -358,8 +332,28 @@ class LiveView:
                 handler.setStream(sys.stderr)
                 self._moved.append((handler, real_stderr))
 
-    def stage(self, text: str) -> None:
-        self.board.stage(text)
+    def __call__(self, event: Event) -> None:
+        """The pipeline's event sink."""
+        if isinstance(event, StageStarted):
+            self.board.stage(event)
+        elif isinstance(event, StageFinished):
+            self.board.finished(event)
+        elif isinstance(event, Progress):
+            if event.done is not None:
+                self.transfer(event.label, event.done, event.total)
+            else:
+                self.progress(event.label, event.pct)
+        elif isinstance(event, Message):
+            self.message(event.text)
+        elif isinstance(event, Warn):
+            self.warn(event.text)
+        elif isinstance(event, Notice):
+            self.notice(event.text)
+
+    def notice(self, text: str) -> None:
+        """Shown once, whatever the verbosity, on stdout: the user must see it (a generated password)."""
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
     def message(self, text: str) -> None:
         self.board.message(text)

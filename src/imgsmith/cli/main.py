@@ -9,6 +9,7 @@ only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -16,9 +17,10 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType, ModuleType
+from typing import NoReturn
 
 from .. import __version__
-from ..errors import ImgsmithError
+from ..errors import ImgsmithError, UsageError, error_document
 
 __all__ = ["main"]
 
@@ -29,8 +31,20 @@ def _command_modules() -> list[ModuleType]:
     return commands.MODULES
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors also give the ``--json`` error document when ``--json`` was asked for."""
+
+    json_requested = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_requested:
+            exc = UsageError(f"{self.prog}: {message}")
+            print(json.dumps(error_document(exc), indent=2))
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imgsmith",
         description="Cloud VM disk images as code: customize, sysprep, convert, build and boot-test.",
     )
@@ -54,9 +68,18 @@ def setup_logging(verbose: bool, debug: bool) -> None:
 
 
 def error(message: str, hint: str | None = None) -> None:
-    print(f"imgsmith: error: {message}", file=sys.stderr)
+    """One ``imgsmith: error:`` line per problem (a definition error lists each of them)."""
+    for line in message.splitlines() or [""]:
+        print(f"imgsmith: error: {line}", file=sys.stderr)
     if hint:
         print(f"imgsmith: hint: {hint}", file=sys.stderr)
+
+
+def _fail(exc: BaseException, json_mode: bool, message: str, hint: str | None = None) -> None:
+    """Render a failure: the lines on stderr, and with --json the error document on stdout as well."""
+    error(message, hint)
+    if json_mode:
+        print(json.dumps(error_document(exc), indent=2))
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
@@ -65,6 +88,7 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    _Parser.json_requested = "--json" in (sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     debug = bool(args.debug or os.environ.get("IMGSMITH_DEBUG"))
     setup_logging(bool(getattr(args, "verbose", False)), debug or bool(getattr(args, "trace", False)))
@@ -77,16 +101,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         # SIGTERM unwinds like Ctrl-C: overlays are deleted, mounts and loop devices released.
         signal.signal(signal.SIGTERM, _raise_interrupt)
+    json_mode = bool(getattr(args, "json", False))
     try:
         return func(args)
     except ImgsmithError as exc:
         if debug:
             raise
-        error(exc.message, exc.hint)
+        _fail(exc, json_mode, exc.message, exc.hint)
         return exc.exit_code
-    except KeyboardInterrupt:
-        error("interrupted; nothing was committed")
+    except KeyboardInterrupt as exc:
+        _fail(exc, json_mode, "interrupted; nothing was committed")
         return 130
+    except OSError as exc:
+        # A host refusal no stage anticipated (a full disk, a read-only or forbidden path): one line, exit 1.
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        _fail(exc, json_mode, f"{where}{exc.strerror or exc}")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

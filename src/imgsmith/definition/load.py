@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,26 +19,43 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..errors import DefinitionError, UsageError
+from ..disk.sizes import SizeSpec
+from ..errors import DefinitionError, Problem, UsageError
 from ..ops import REGISTRY
 from ..ops.base import Operation, ParseContext
 from .model import Definition
+from .resolve import OutputSpec, Resolved, SysprepPlan, resolve
 from .yamlpos import Located, PathT, load_located
 
 __all__ = ["LoadedDefinition", "apply_overrides", "load_definition"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedDefinition:
+    """A definition checked whole: the model, each layer's operations, and the resolved domain objects."""
+
     path: Path
     definition: Definition
     layer_ops: list[list[Operation]]
     text_hash: str  # sha256 of the file text plus overrides: the "definition hash" in the manifest
     overrides: list[str] = field(default_factory=list)
+    resolved: Resolved = field(default_factory=lambda: Resolved(None, ()))
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def size(self) -> SizeSpec | None:
+        return self.definition.size_spec
+
+    @property
+    def sysprep(self) -> SysprepPlan | None:
+        return self.resolved.sysprep
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:
+        return self.resolved.outputs
 
 
 def _fmt_path(path: Sequence[str | int]) -> str:
@@ -49,10 +67,9 @@ def _fmt_path(path: Sequence[str | int]) -> str:
     return out or "(top)"
 
 
-def _problem(file: Path, loc: Located, path: PathT, message: str, *, key: bool = False) -> str:
+def _problem(file: Path, loc: Located, path: PathT, message: str, *, key: bool = False) -> Problem:
     line, col = loc.where((*path, "<key>") if key and (*path, "<key>") in loc.marks else path)
-    where = _fmt_path(path)
-    return f"{file}:{line}:{col}: {where}: {message}"
+    return Problem(line, col, os.fspath(file), _fmt_path(path), message)
 
 
 def apply_overrides(data: Any, overrides: Sequence[str]) -> None:
@@ -96,7 +113,7 @@ def _child(node: Any, part: str, key: str) -> Any:
     return node.setdefault(part, {})
 
 
-def _model_problems(file: Path, loc: Located, exc: ValidationError) -> list[str]:
+def _model_problems(file: Path, loc: Located, exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors():
         path = tuple(err["loc"])
@@ -110,10 +127,10 @@ def _model_problems(file: Path, loc: Located, exc: ValidationError) -> list[str]
     return problems
 
 
-def _step_ops(file: Path, loc: Located, check_files: bool) -> tuple[list[list[Operation]], list[str]]:
+def _step_ops(file: Path, loc: Located, check_files: bool) -> tuple[list[list[Operation]], list[Problem]]:
     """Parse every step of the raw data, even when the model has other problems (report all at once)."""
     ctx = ParseContext(base_dir=file.parent, check_files=check_files, origin=str(file))
-    problems: list[str] = []
+    problems: list[Problem] = []
     layers: list[list[Operation]] = []
     raw_layers = loc.data.get("layers") if isinstance(loc.data, dict) else None
     for li, layer in enumerate(raw_layers if isinstance(raw_layers, list) else []):
@@ -140,7 +157,7 @@ def _step_ops(file: Path, loc: Located, check_files: bool) -> tuple[list[list[Op
     return layers, problems
 
 
-def _source_problems(file: Path, loc: Located, definition: Definition, check_files: bool) -> list[str]:
+def _source_problems(file: Path, loc: Located, definition: Definition, check_files: bool) -> list[Problem]:
     src = definition.source
     if check_files and src.file is not None:
         path = (file.parent / src.file)
@@ -149,14 +166,6 @@ def _source_problems(file: Path, loc: Located, definition: Definition, check_fil
     if src.url is not None and not (src.checksum or src.checksum_url):
         return [_problem(file, loc, ("source",), "a url source needs checksum: or checksum-url:")]
     return []
-
-
-def _position(problem: str) -> tuple[int, int]:
-    parts = problem.split(":")
-    try:
-        return int(parts[1]), int(parts[2])
-    except (IndexError, ValueError):
-        return (0, 0)
 
 
 def load_definition(file: Path, *, overrides: Sequence[str] = (), check_files: bool = True) -> LoadedDefinition:
@@ -169,12 +178,13 @@ def load_definition(file: Path, *, overrides: Sequence[str] = (), check_files: b
         loc = load_located(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        pos = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
         problem = getattr(exc, "problem", None) or str(exc)
-        raise DefinitionError([f"{file}:{pos}: invalid YAML: {problem}"]) from None
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise DefinitionError([Problem(line, col, os.fspath(file), "", f"invalid YAML: {problem}")]) from None
     if not isinstance(loc.data, dict):
-        raise DefinitionError([f"{file}:1:1: the definition must be a mapping (version:, name:, source: …)"])
-    problems = [f"{file}:{line}:{col}: {_fmt_path(p)}: {m}" for p, m, (line, col) in loc.problems]
+        raise DefinitionError([Problem(1, 1, os.fspath(file), "(top)",
+                                       "the definition must be a mapping (version:, name:, source: …)")])
+    problems = [Problem(line, col, os.fspath(file), _fmt_path(p), m) for p, m, (line, col) in loc.problems]
     apply_overrides(loc.data, overrides)
     definition: Definition | None = None
     try:
@@ -183,9 +193,12 @@ def load_definition(file: Path, *, overrides: Sequence[str] = (), check_files: b
         problems += _model_problems(file, loc, exc)
     layer_ops, step_problems = _step_ops(file, loc, check_files)
     problems += step_problems
+    resolved = Resolved(None, ())
     if definition is not None:
         problems += _source_problems(file, loc, definition, check_files)
+        resolved, found = resolve(definition, layer_ops)
+        problems += [_problem(file, loc, path, message) for path, message in found]
     if problems or definition is None:
-        raise DefinitionError(sorted(set(problems), key=_position))
+        raise DefinitionError(problems)
     digest = hashlib.sha256(text.encode() + json.dumps(list(overrides)).encode()).hexdigest()
-    return LoadedDefinition(file, definition, layer_ops, digest, list(overrides))
+    return LoadedDefinition(file, definition, layer_ops, digest, list(overrides), resolved)

@@ -13,22 +13,23 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..disk.sizes import SizeSpec, parse_size
+from ..errors import UsageError
 from ..source.bootstrap import BootstrapSpec
 
 if TYPE_CHECKING:
     from ..boot.test import Check as BootCheck
 
-__all__ = ["FORMAT_VERSION", "Definition", "Layer", "Output", "Source", "SysprepSection", "TestSection"]
+__all__ = ["DEFINITION_VERSION", "Definition", "Layer", "Output", "SourceSection", "SysprepSection", "TestSection"]
 
-FORMAT_VERSION = 1
-_SIZE = re.compile(r"^\d+(\.\d+)?[KMGT]?i?B?$", re.IGNORECASE)
+DEFINITION_VERSION = 1  # the ``version:`` a definition file carries (not the layer cache's format)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class Source(_Strict):
+class SourceSection(_Strict):
     """Exactly one of ``file``, ``url`` or ``bootstrap``."""
 
     file: str | None = Field(None, description="a local image, relative to the definition file")
@@ -40,7 +41,7 @@ class Source(_Strict):
     bootstrap: BootstrapSpec | None = Field(None, description="build the base from distribution packages")
 
     @model_validator(mode="after")
-    def _one_kind(self) -> Source:
+    def _one_kind(self) -> SourceSection:
         kinds = [k for k in ("file", "url", "bootstrap") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError("give exactly one of file, url or bootstrap")
@@ -59,7 +60,8 @@ class Layer(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="a short name shown in the plan")
     steps: list[dict[str, Any]] = Field(min_length=1, description="operations: one-key mappings "
                                         "{option: value}, value as virt-customize takes it")
-    memsize: int | None = Field(None, description="appliance memory for this layer, MiB")
+    memsize: int | None = Field(None, ge=256, description="appliance memory for this layer, MiB (a build's "
+                                "--memsize overrides it); the chroot backend has no appliance and ignores it")
 
 
 class SysprepSection(_Strict):
@@ -96,7 +98,8 @@ class CheckModel(_Strict):
 
 class TestSection(_Strict):
     boot: bool = Field(True, description="boot the result under qemu with a cloud-init seed")
-    timeout: int | None = Field(None, ge=30, description="seconds; default scales with the accelerator")
+    timeout: int | None = Field(None, ge=30, description="seconds the guest has to finish booting, as "
+                                "`imgsmith test --timeout`; default: from the accelerator (KVM or TCG)")
     required: bool = Field(True, description="fail the build when the boot test fails")
     checks: list[CheckModel] = Field(default_factory=list)
 
@@ -105,7 +108,7 @@ class Definition(_Strict):
     version: Literal[1] = Field(description="format version of this file")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     description: str | None = None
-    source: Source
+    source: SourceSection
     size: str | None = Field(None, description="grow the disk (and last partition and filesystem) to this size")
     layers: list[Layer] = Field(default_factory=list)
     sysprep: SysprepSection | None = None
@@ -116,12 +119,23 @@ class Definition(_Strict):
                             "host and sandboxes its commands; much faster without KVM), or auto (chroot when root "
                             "and the source is verified by checksum or bootstrapped, else the appliance)")
 
-    @field_validator("size")
+    @field_validator("size", mode="before")
     @classmethod
-    def _size(cls, value: str | None) -> str | None:
-        if value is not None and not _SIZE.match(value):
-            raise ValueError(f"{value!r} is not a size like 20G or 512M")
-        return value
+    def _size(cls, value: object) -> str | None:
+        """The same parser as ``imgsmith resize`` (disk/sizes.py): one meaning of ``20G`` everywhere."""
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ValueError("a size is a string like 20G, 512M or +2G")  # noqa: TRY004 - pydantic wants ValueError
+        try:
+            parse_size(str(value))
+        except UsageError as exc:
+            raise ValueError(exc.message) from None
+        return str(value)
+
+    @property
+    def size_spec(self) -> SizeSpec | None:
+        return parse_size(self.size) if self.size is not None else None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Definition:

@@ -32,7 +32,8 @@ from ..errors import ChecksumError, ImageError, ImgsmithError, UsageError
 from .checksum import Checksum, file_digest, parse_inline, parse_sums
 from .fetch import check_url, download, fetch_text, redact_url
 
-__all__ = ["BaseImage", "BaseProgress", "CachedBase", "cached_bases", "resolve_file", "resolve_url"]
+__all__ = ["BaseImage", "BaseProgress", "CachedBase", "cached_bases", "expected_checksum", "resolve_file",
+           "resolve_url"]
 
 log = logging.getLogger("imgsmith.source")
 
@@ -142,6 +143,16 @@ def _expected_checksum(url: str, name: str, checksum: Checksum | str | None, che
                               "distribution's SUMS file, or point checksum-url: at it")
     check_url(checksum_url)
     return parse_sums(fetch_text(checksum_url, opener=opener), name, source=redact_url(checksum_url))
+
+
+def expected_checksum(url: str, checksum: Checksum | str | None, checksum_url: str | None) -> Checksum:
+    """The checksum a URL source's image must match, without fetching the image (a build's plan keys on it).
+
+    With ``checksum-url`` this reads the SUMS file, which is small; with an inline
+    checksum it makes no connection at all.
+    """
+    check_url(url)
+    return _expected_checksum(url, _url_filename(url), checksum, checksum_url, None)
 
 
 def _cached_file(entry: Path) -> Path | None:

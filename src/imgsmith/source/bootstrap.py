@@ -60,6 +60,7 @@ __all__ = [
     "cache_key",
     "image_name",
     "mmdebstrap_argv",
+    "planned_name",
     "profile_for",
     "resolve_sources",
 ]
@@ -341,6 +342,15 @@ def _publish(built: Path, dest: Path, metadata: dict[str, Any]) -> None:
     tmp_meta.write_text(json.dumps(metadata, indent=2, sort_keys=True), encoding="utf-8")
     tmp_meta.replace(meta)
     built.replace(dest)
+
+
+def planned_name(spec: BootstrapSpec) -> str:
+    """The cache name :func:`bootstrap_image` gives *spec*'s image, without building it (a build's plan keys on it).
+
+    The recipe key includes each suite's snapshot date, read from the head of the
+    mirror's Release file (a few KB); nothing is downloaded or built.
+    """
+    return image_name(spec, cache_key(spec, resolve_sources(spec, profile_for(spec))))
 
 
 def bootstrap_image(spec: BootstrapSpec, *, cache_dir: Path | None = None,
