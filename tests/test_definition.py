@@ -68,7 +68,8 @@ def test_cli_reports_all_problems_and_exits_2(tmp_path: Path) -> None:
     assert error["kind"] == "DefinitionError" and len(error["problems"]) == 6
     assert error["problems"][0] == {"file": str(f), "line": 5, "column": 1, "path": "colour",
                                     "message": "unknown key 'colour'"}
-    assert error["message"].splitlines()[2] == f"{f}:11:9: layers[0].steps[2].frobnicate: unknown operation 'frobnicate'"
+    third = f"{f}:11:9: layers[0].steps[2].frobnicate: unknown operation 'frobnicate'"
+    assert error["message"].splitlines()[2] == third
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -176,7 +176,11 @@ def _miss_reason(store: LayerStore, layer: PlannedLayer, previous: PlannedLayer 
     if previous is not None and not previous.cached:
         return f"its parent, layer {previous.index} {previous.name}, runs"
     reason = store.explain_miss(layer.key, layer.token, parent_key=layer.parent_key)
-    return str(reason).removeprefix("cache miss: ") if reason is not None else "not cached"
+    if reason is None:
+        return "not cached"
+    if reason.nearest is None and previous is None:
+        return "nothing is cached on this base image yet"
+    return str(reason).removeprefix("cache miss: ")
 
 
 def plan_build(loaded: LoadedDefinition, options: BuildOptions, base: BaseKey, store: LayerStore) -> BuildPlan:

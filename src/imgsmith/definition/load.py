@@ -24,7 +24,7 @@ from ..errors import DefinitionError, Problem, UsageError
 from ..ops import REGISTRY
 from ..ops.base import Operation, ParseContext
 from .model import Definition
-from .resolve import OutputSpec, Resolved, SysprepPlan, resolve
+from .resolve import OutputSpec, Resolved, SysprepPlan, resolve, resolve_parts
 from .yamlpos import Located, PathT, load_located
 
 __all__ = ["LoadedDefinition", "apply_overrides", "load_definition"]
@@ -197,7 +197,9 @@ def load_definition(file: Path, *, overrides: Sequence[str] = (), check_files: b
     if definition is not None:
         problems += _source_problems(file, loc, definition, check_files)
         resolved, found = resolve(definition, layer_ops)
-        problems += [_problem(file, loc, path, message) for path, message in found]
+    else:
+        found = resolve_parts(loc.data, layer_ops)
+    problems += [_problem(file, loc, path, message) for path, message in found]
     if problems or definition is None:
         raise DefinitionError(problems)
     digest = hashlib.sha256(text.encode() + json.dumps(list(overrides)).encode()).hexdigest()

@@ -11,9 +11,14 @@ here, before a build does any work, and each problem names its place in the file
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from ..disk.convert import Target, make_target
 from ..disk.formats import writable_format
@@ -24,10 +29,10 @@ from ..ops.base import Operation
 from ..sysprep.base import SysprepOptions
 from ..sysprep.run import check_options
 from ..sysprep.select import resolve_selection
-from .model import Definition, Output
+from .model import Definition, Output, SysprepSection
 from .yamlpos import PathT
 
-__all__ = ["SYSPREP_CONFLICTS", "OutputSpec", "Resolved", "SysprepPlan", "resolve"]
+__all__ = ["SYSPREP_CONFLICTS", "OutputSpec", "Resolved", "SysprepPlan", "resolve", "resolve_parts"]
 
 # Sysprep operations that would undo a definition's own steps, with the step type that conflicts.
 SYSPREP_CONFLICTS: dict[str, tuple[type[Operation], str]] = {
@@ -75,8 +80,7 @@ class Resolved:
     outputs: tuple[OutputSpec, ...]
 
 
-def _sysprep(d: Definition, layer_ops: list[list[Operation]], found: Found) -> SysprepPlan | None:
-    section = d.sysprep
+def _sysprep(section: SysprepSection | None, layer_ops: list[list[Operation]], found: Found) -> SysprepPlan | None:
     if section is None:
         return None
     try:
@@ -124,13 +128,13 @@ def _option_path(i: int, o: Output, message: str) -> PathT:
     return ("outputs", i, "preset" if o.preset else "format")
 
 
-def _outputs(d: Definition, found: Found) -> tuple[OutputSpec, ...]:
+def _outputs(stem: str, outputs: Sequence[tuple[int, Output]], found: Found) -> tuple[OutputSpec, ...]:
     specs: list[OutputSpec] = []
     names: dict[str, int] = {}
-    for i, o in enumerate(d.outputs):
+    for i, o in outputs:
         options = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in o.options.items()}
         try:
-            name = o.name or default_output_name(d.name, o)
+            name = o.name or default_output_name(stem, o)
             target = make_target(Path(name), fmt=o.format, options=options or None, preset=o.preset)
         except UsageError as exc:
             found.append((_option_path(i, o, exc.message), exc.message))
@@ -141,7 +145,7 @@ def _outputs(d: Definition, found: Found) -> tuple[OutputSpec, ...]:
         if name in names or name in {"manifest.json", "SHA256SUMS"}:
             other = f"outputs[{names[name]}]" if name in names else "the build's own files"
             found.append((("outputs", i, "name" if o.name else "preset" if o.preset else "format"),
-                          f"would be written to {name}, like {other}; give one a name:"))
+                          f"would be written to {name}, like {other}: give one of them its own name:"))
             continue
         names[name] = i
         specs.append(OutputSpec(name, target))
@@ -151,6 +155,25 @@ def _outputs(d: Definition, found: Found) -> tuple[OutputSpec, ...]:
 def resolve(d: Definition, layer_ops: list[list[Operation]]) -> tuple[Resolved, Found]:
     """The domain objects of *d*, and every problem found on the way (path, message)."""
     found: Found = []
-    sysprep = _sysprep(d, layer_ops, found)
-    outputs = _outputs(d, found)
+    sysprep = _sysprep(d.sysprep, layer_ops, found)
+    outputs = _outputs(d.name, list(enumerate(d.outputs)), found)
     return Resolved(sysprep, outputs), found
+
+
+def resolve_parts(data: Mapping[str, Any], layer_ops: list[list[Operation]]) -> Found:
+    """When the model as a whole is invalid, still judge the sections that are valid on their own.
+
+    A user then sees an output's unknown preset together with a bad ``size:``, in one round.
+    """
+    found: Found = []
+    with contextlib.suppress(ValidationError):
+        _sysprep(SysprepSection.model_validate(data.get("sysprep")) if data.get("sysprep") is not None else None,
+                 layer_ops, found)
+    raw = data.get("outputs")
+    valid: list[tuple[int, Output]] = []
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        with contextlib.suppress(ValidationError):
+            valid.append((i, Output.model_validate(item)))
+    name = data.get("name")
+    _outputs(name if isinstance(name, str) else "image", valid, found)
+    return found
