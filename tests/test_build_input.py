@@ -208,9 +208,9 @@ def test_a_full_output_disk_is_one_line_and_loses_nothing(chroot_project: tuple[
         r = run("build", "t.yaml", "-o", str(small), "--trust-image", cwd=work, env=env)
         assert r.returncode == 2, r.stderr
         lines = errors(r)
-        assert len(lines) == 1 and re.fullmatch(rf"not enough free space in {re.escape(str(small))} for t\.raw, "
-                                                r"t\.qcow2: need about \S+ MiB \(\d+ bytes\), \S+ MiB \(\d+ bytes\) free",
-                                                lines[0]), r.stderr
+        wanted = (rf"not enough free space in {re.escape(str(small))} for t\.raw, t\.qcow2: "
+                  r"need about \S+ MiB \(\d+ bytes\), \S+ MiB \(\d+ bytes\) free")
+        assert len(lines) == 1 and re.fullmatch(wanted, lines[0]), r.stderr
         assert sorted(p.name for p in small.iterdir()) == ["lost+found", "t.qcow2"]
         assert (small / "t.qcow2").read_bytes() == previous
         (full / "t.qcow2").write_bytes(previous)
