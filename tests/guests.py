@@ -677,7 +677,8 @@ def _host_entry(p: Path) -> Entry:
 
 def _resolve(root: Path, path: str) -> Path:
     """*path* inside the guest with symlinks followed relative to the guest's / (never the host's)."""
-    parts, done, hops = [p for p in path.split("/") if p], [], 0
+    parts, hops = [p for p in path.split("/") if p], 0
+    done: list[str] = []
     while parts:
         name = parts.pop(0)
         if name in (".", ""):

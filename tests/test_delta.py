@@ -13,7 +13,7 @@ import pytest
 
 from imgsmith.cache import LayerStore
 from imgsmith.disk import delta, qemuimg
-from imgsmith.disk.convert import convert_many, make_target
+from imgsmith.disk.convert import ConvertResult, Target, convert_many, make_target
 from imgsmith.disk.presets import Layout
 from imgsmith.rebuild import patch_updates
 
@@ -62,7 +62,7 @@ def chains(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"base": base, "shared": shared, "old": old, "new": new}
 
 
-def _targets(out: Path) -> list[object]:
+def _targets(out: Path) -> list[Target]:
     return [make_target(out / name, fmt=fmt, options=opts, preset=preset) for name, fmt, opts, preset in TARGETS]
 
 
@@ -85,10 +85,10 @@ def test_patch_kinds() -> None:
     assert delta.patch_kind("vmdk", {"subformat": "streamOptimized"}, Layout.OVA) is None
 
 
-def _manifest(out: Path, results: list[object], keys: list[str]) -> dict[str, object]:
+def _manifest(out: Path, results: list[ConvertResult], keys: list[str]) -> dict[str, object]:
     outputs = []
     for r in results:
-        entry = r.to_json()  # type: ignore[attr-defined]
+        entry = r.to_json()
         entry["mtime_ns"] = Path(entry["path"]).stat().st_mtime_ns
         outputs.append(entry)
     return {"layers": [{"key": k} for k in keys], "outputs": outputs}

@@ -229,7 +229,8 @@ def test_sha256_file_skips_reading_holes_but_hashes_their_zeros(tmp_path: Path,
     import os
 
     from imgsmith.disk.files import sha256_file
-    path, expected, seen = tmp_path / "sparse", hashlib.sha256(), []
+    path, expected = tmp_path / "sparse", hashlib.sha256()
+    seen: list[int] = []
     with path.open("wb") as f:
         for kind, size in layout:
             data = os.urandom(size) if kind == "data" else bytes(size)

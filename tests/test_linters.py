@@ -1,4 +1,4 @@
-"""Linters as tests: ruff and mypy --strict must be clean."""
+"""Linters as tests: ruff, and mypy --strict over src and tests (pyproject: files), must be clean."""
 
 from __future__ import annotations
 

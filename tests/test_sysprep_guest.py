@@ -333,7 +333,7 @@ def runs(request: pytest.FixtureRequest) -> Runs:
     The work directory is private (not pytest's basetemp, which a concurrent pytest session
     may prune while this long fixture runs); the disks go once their trees are read.
     """
-    wanted = any(item.module is request.module and item.get_closest_marker("differential")
+    wanted = any(getattr(item, "module", None) is request.module and item.get_closest_marker("differential")
                  for item in request.session.items)
     problems = chroot_problems()
 
