@@ -52,7 +52,7 @@ NOTES = """
   the automatic relabel also needs `SELINUX=enforcing` or `permissive`.
 - **`--commands-from-file`** follows virt-customize's parser: a backslash at the end of a line
   is removed but the newline stays, and the next line is kept with its leading blanks
-  (`write /f:a \` then `  b` writes `a \n  b`); only a logical line's leading blanks (space,
+  (`write /f:a \\` then `  b` writes `a \\n  b`); only a logical line's leading blanks (space,
   tab, CR, LF) are trimmed; a backslash on the last line keeps a newline; a flag ignores any
   argument after it.
 - **machine-id**: an empty /etc/machine-id is filled only while operations run (package
