@@ -7,7 +7,10 @@ The image is bootstrapped once per machine into ``$IMGSMITH_CACHE`` (default
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,3 +76,57 @@ def test_image_without_kernel_fails_at_kernel_stage(debian_image: Path, tmp_path
     assert any("vmlinuz" in line for line in info.value.console_tail)
     assert took < limits.deadlines[Stage.KERNEL] + 30
     assert "boot test failed at stage 'kernel'" in str(info.value)
+
+
+PROBE_PKG = "imgsmith-fbprobe"
+
+
+def _probe_repo(tmp: Path) -> Path:
+    """A one-package apt repository (flat, ``[trusted=yes]``) whose package logs its own install.
+
+    The guest gets it as a local ``file:`` source, so ``--firstboot-install`` runs the real
+    apt-get update + install at first boot without any traffic beyond 127.0.0.1.
+    """
+    build, repo = tmp / "pkg", tmp / "repo"
+    (build / "DEBIAN").mkdir(parents=True)
+    (build / "DEBIAN" / "control").write_text(
+        f"Package: {PROBE_PKG}\nVersion: 1.0\nArchitecture: all\nMaintainer: imgsmith tests <t@example.org>\n"
+        "Description: records its installation for the first-boot test\n")
+    (build / "DEBIAN" / "postinst").write_text("#!/bin/sh\necho install >> /var/log/fb.log\n")
+    (build / "DEBIAN" / "postinst").chmod(0o755)
+    repo.mkdir()
+    proc.run(["dpkg-deb", "--root-owner-group", "-b", build, repo / f"{PROBE_PKG}_1.0_all.deb"])
+    packages = proc.run(["dpkg-scanpackages", "-m", "."], cwd=repo).stdout
+    (repo / "Packages").write_text(packages)
+    digest = hashlib.sha256(packages.encode()).hexdigest()
+    size = len(packages.encode())
+    (repo / "Release").write_text(f"Origin: imgsmith-tests\nSuite: ./\nSHA256:\n {digest} {size} Packages\n")
+    return repo
+
+
+def test_firstboot_scripts_run_once_in_order_at_first_boot_only(debian_image: Path, tmp_path: Path) -> None:
+    """--firstboot-command / --firstboot-install really run at boot: once, in order, not at the second boot."""
+    disk = tmp_path / "disk.qcow2"
+    proc.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", debian_image, "-F", "qcow2", disk])
+    repo = _probe_repo(tmp_path)
+    offline = ("mkdir -p /root/apt-off && find /etc/apt -name '*.list' -o -name '*.sources' "
+               "| xargs -r mv -t /root/apt-off")  # the image's own mirrors: no traffic leaves the host
+    status = f"dpkg-query -W -f='${{Status}}\\n' {PROBE_PKG} >> /var/log/fb.log; echo cmd2 >> /var/log/fb.log"
+    r = subprocess.run([sys.executable, "-m", "imgsmith.cli.main", "customize", "-a", os.fspath(disk),
+                        "--backend", "appliance", "--copy-in", f"{repo}:/opt", "--run-command", offline,
+                        "--write", "/etc/apt/sources.list:deb [trusted=yes] file:/opt/repo ./\n",
+                        "--firstboot-command", "echo cmd1 >> /var/log/fb.log",
+                        "--firstboot-install", PROBE_PKG,
+                        "--firstboot-command", status], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    settled = "systemctl is-system-running --wait >/dev/null; "
+    expected_log = "cmd1\ninstall\ninstall ok installed\ncmd2"
+    checks = [
+        Check(settled + "sudo cat /var/log/fb.log", expected_log),
+        Check(settled + "sudo grep -c '^=== Running' /root/virt-sysprep-firstboot.log", "3"),
+    ]
+    for boot, starts in ((1, "1"), (2, "2")):
+        result = boot_test(disk, "qcow2", in_place=True, workdir=tmp_path, checks=[
+            *checks, Check(settled + "sudo grep -c 'firstboot.sh start' /root/virt-sysprep-firstboot.log", starts),
+            Check("ls /usr/lib/virt-sysprep/scripts | wc -l", "0")])
+        assert result.passed, (boot, [(c.check.run, c.reason) for c in result.checks if not c.passed])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from imgsmith.errors import UsageError
 from imgsmith.ops import REGISTRY
 from imgsmith.ops.accounts import PasswordSelector, RootPassword
 from imgsmith.ops.base import ParseContext, Secret
-from imgsmith.ops.cmdline import parse_commands_file, parse_operations
+from imgsmith.ops.cmdline import parse_commands_file, parse_operations, split_logical_lines
 from imgsmith.ops.crypto import verify_password
 from imgsmith.ops.files import Chmod, Link
 from imgsmith.ops.perl_edit import parse_subst
@@ -103,10 +104,52 @@ def test_commands_file_syntax(tmp_path: Path) -> None:
     )
     assert parse_commands_file(f) == [
         ("run-command", "echo 'a  b'   "),  # no unquoting; trailing blanks kept
-        ("edit", "/etc/f:s/^OPT=.*/OPT=ok/"),
+        ("edit", "/etc/f:\n   s/^OPT=.*/OPT=ok/"),  # newline and blanks kept (Perl ignores them)
         ("selinux-relabel", ""),
         ("write", "/x:a:b c"),
     ]
+
+
+@pytest.mark.parametrize(("text", "lines"), [  # libguestfs-common mlstdutils/std_utils_tests.ml, plus
+    ("", []),  # (a trailing empty logical line is dropped: empty lines are skipped anyway)
+    ("A", [(1, "A")]),
+    ("A\n", [(1, "A")]),
+    ("A\nB", [(1, "A"), (2, "B")]),
+    ("A\\", [(1, "A\n")]),
+    ("A\\\nB", [(1, "A\nB")]),
+    ("A\nB\\\nC", [(1, "A"), (2, "B\nC")]),
+    ("A\nB\\\nC\nD", [(1, "A"), (2, "B\nC"), (4, "D")]),
+    ("A\nB\\\nC\\\nD", [(1, "A"), (2, "B\nC\nD")]),
+    ("A\\\nB\n", [(1, "A\nB")]),
+    ("A\\\nB\\\n", [(1, "A\nB\n")]),
+    ("a \\\n  b", [(1, "a \n  b")]),  # blanks on both sides of the break are kept
+    ("a\\\\\nb", [(1, "a\\\nb")]),  # two backslashes: one is kept, the line still continues
+    ("a\\\r\nb", [(1, "a\\\r"), (2, "b")]),  # CRLF: the byte before \n is \r, no continuation
+    ("a\\\n\nb", [(1, "a\n"), (3, "b")]),  # continuing into an empty line ends there
+])
+def test_logical_lines_as_virt_customize_splits_them(text: str, lines: list[tuple[int, str]]) -> None:
+    assert split_logical_lines(text) == lines
+
+
+def test_commands_file_continuations_and_flags(tmp_path: Path) -> None:
+    f = tmp_path / "cmds"
+    f.write_text("write /f:first part \\\n   second part\n"
+                 "# comment \\\nwrite /never:x\n"
+                 "\t write /t:x\n"
+                 "update now please\n"  # a flag ignores the rest of its line, as in virt-customize
+                 "write /crlf:x\r\n"  # read as bytes: no newline translation
+                 "write /e:end\\")
+    assert parse_commands_file(f) == [
+        ("write", "/f:first part \n   second part"),
+        ("write", "/t:x"),
+        ("update", ""),
+        ("write", "/crlf:x\r"),
+        ("write", "/e:end\n"),
+    ]
+    ff = tmp_path / "ff"
+    ff.write_text("\fwrite /x:y\n")  # String.triml trims only space, tab, CR and LF
+    with pytest.raises(UsageError, match=r"unknown operation '\\x0cwrite'"):
+        parse_commands_file(ff)
 
 
 def test_commands_file_errors(tmp_path: Path) -> None:
@@ -170,7 +213,11 @@ def test_shadow_field_hash_verifies() -> None:
     field = sel.shadow_field("sha512", "root", None)  # type: ignore[arg-type]
     assert field.startswith("$6$") and verify_password("s3cret", field)
     locked = PasswordSelector.parse("locked:password:s3cret", "root-password", ParseContext())
-    assert locked.shadow_field("yescrypt", "root", None).startswith("!$y$")  # type: ignore[arg-type]
+    field = locked.shadow_field("yescrypt", "root", None)  # type: ignore[arg-type]
+    assert field.startswith("!!$y$") and verify_password("s3cret", field[2:])  # virt-customize's "!!"
+    for spelled in ("locked", "lock", "locked:disabled", "lock:disable", "locked:locked"):
+        sel = PasswordSelector.parse(spelled, "password", ParseContext())
+        assert sel.shadow_field("sha512", "u", None) == "!!*", spelled  # type: ignore[arg-type]
 
 
 def test_bad_input_errors_before_the_appliance(tmp_path: Path) -> None:
@@ -185,6 +232,27 @@ def test_bad_input_errors_before_the_appliance(tmp_path: Path) -> None:
         (["--chmod", "0755"], "--chmod: expected PERMISSIONS:FILE"),
         (["--timezone", "../../etc/passwd"], "is not a timezone name"),
         (["--commands-from-file", "nofile"], "--commands-from-file: nofile: no such file on the host"),
+        (["--run-command", ""], "--run-command: the command is empty"),
+        (["--write", "/etc/motd"], "--write: expected FILE:CONTENT, got '/etc/motd'"),
+        (["--append-line", "/etc/motd"], "--append-line: expected FILE:LINE, got '/etc/motd'"),
+        (["--copy", "/a"], "--copy: expected SOURCE:DEST, got '/a'"),
+        (["--copy-in", "nodir:/opt"], "--copy-in: nodir: no such file on the host"),
+        (["--delete", ""], "--delete: a guest path is required"),
+        (["--firstboot", "nope.sh"], "--firstboot: nope.sh: no such file on the host"),
+        (["--firstboot-command", ""], "--firstboot-command: the command is empty"),
+        (["--firstboot-install", "a;b"], "--firstboot-install: 'a;b' is not a valid package name"),
+        (["--hostname", "bad_host!"], "--hostname: 'bad_host!' is not a valid hostname"),
+        (["--install", "a;b"], "--install: 'a;b' is not a valid package name"),
+        (["--uninstall", "a;b"], "--uninstall: 'a;b' is not a valid package name"),
+        (["--link", "/t"], "--link: expected TARGET:LINK[:LINK..], got '/t'"),
+        (["--mkdir", ""], "--mkdir: a guest path is required"),
+        (["--move", "/a"], "--move: expected SOURCE:DEST, got '/a'"),
+        (["--password", "root"], "--password: expected USER:SELECTOR, got 'root'"),
+        (["--scrub", ""], "--scrub: a guest path is required"),
+        (["--touch", ""], "--touch: a guest path is required"),
+        (["--truncate", ""], "--truncate: a guest path is required"),
+        (["--truncate-recursive", ""], "--truncate-recursive: a guest path is required"),
+        (["--script", "nope.sh"], "--script: nope.sh: no such file on the host"),
     ]
     before = disk.read_bytes()
     for args, message in cases:
@@ -214,3 +282,22 @@ def test_bad_disks(tmp_path: Path) -> None:
 def test_unknown_option_is_usage_error(tmp_path: Path) -> None:
     r = run_cli("customize", "-a", "x", "--frobnicate", "y")
     assert r.returncode == 2 and "unrecognized arguments: --frobnicate" in r.stderr
+
+
+def test_ssh_inject_default_key_is_the_newest_id_pub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """virt-customize's ssh_key.ml: newest ``id*.pub`` in $HOME/.ssh, ``*-cert.pub`` ignored."""
+    from imgsmith.ops.accounts import SshInject
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir()
+    for name, age in (("id_ed25519.pub", 30), ("id_rsa.pub", 20), ("id_rsa-cert.pub", 1), ("other.pub", 1),
+                      ("id_ecdsa", 1)):
+        (ssh / name).write_text(f"key-{name}\n")
+        os.utime(ssh / name, (1_700_000_000 - age, 1_700_000_000 - age))
+    monkeypatch.setenv("HOME", os.fspath(tmp_path))
+    for arg in ("root", "root:"):
+        op = SshInject.parse(arg, ParseContext())
+        assert (op.key, op.source) == ("key-id_rsa.pub", f"file:{ssh / 'id_rsa.pub'}")
+    (ssh / "id_rsa.pub").unlink()
+    (ssh / "id_ed25519.pub").unlink()
+    with pytest.raises(UsageError, match=r"no public key file \(id\*\.pub\) in"):
+        SshInject.parse("root", ParseContext())

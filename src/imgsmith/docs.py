@@ -38,11 +38,23 @@ NOTES = """
 - **Passwords** are hashed in-process (host libcrypt): nothing secret reaches a child
   process's argv. Default hash per guest: yescrypt on EL >= 9, Fedora >= 30, Debian >= 11,
   Ubuntu >= 20; SHA-512 otherwise. `hashed:$6$...` installs a ready hash.
-  An unknown user is an error (1.48 silently ignores it).
+  An unknown user is an error (1.48 silently ignores it). `locked:SELECTOR` (or `lock:`)
+  writes `!!` before the hash and `locked` alone writes `!!*`, exactly as virt-customize.
+- **`--ssh-inject USER`** (or `USER:`) with no selector injects the newest file in
+  `$HOME/.ssh` named `id*.pub`, ignoring `*-cert.pub` (virt-customize's rule).
 - **`--upload` of a missing host file** and **`--commands-from-file` of a missing file** fail
   before the disk is touched (1.48 leaves an empty file, or exits 0 with an exception text).
 - **SELinux relabel** is automatic for guests that use SELinux (`--no-selinux-relabel` turns it
   off); setfiles with the guest policy's file_contexts when present, else `/.autorelabel`.
+  Whether the guest uses SELinux is decided after all other operations, on their result.
+  With `--selinux-relabel` the test is virt-customize's: `/usr/sbin/load_policy` and
+  `/etc/selinux/config` both exist (so `SELINUX=disabled` is still relabelled, as in 1.48);
+  the automatic relabel also needs `SELINUX=enforcing` or `permissive`.
+- **`--commands-from-file`** follows virt-customize's parser: a backslash at the end of a line
+  is removed but the newline stays, and the next line is kept with its leading blanks
+  (`write /f:a \\` then `  b` writes `a \\n  b`); only a logical line's leading blanks (space,
+  tab, CR, LF) are trimmed; a backslash on the last line keeps a newline; a flag ignores any
+  argument after it.
 - **machine-id**: an empty /etc/machine-id is filled only while operations run (package
   scriptlets may need one) and emptied again, so clones do not share an id.
 - **`--chmod 700:F`** is decimal, as in virt-customize; imgsmith warns when the digits look octal.

@@ -2,7 +2,9 @@
 
 Order: a fresh random seed first; then every operation in the order given, except
 that passwords run after all others and SELinux relabelling runs last; relabelling is
-automatic for SELinux guests unless turned off. One deliberate difference from
+automatic for SELinux guests unless turned off. Whether the guest uses SELinux is decided
+after the operations, on their result, as virt-customize does (an operation may have
+removed load_policy or turned SELinux off). One deliberate difference from
 virt-customize: an empty /etc/machine-id is filled only for the duration of the
 run (package scriptlets may need one) and emptied again afterwards, so clones of
 the image do not share a machine-id.
@@ -16,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import GuestError, OperationError
+from .guest.treeinspect import selinux_enabled
 from .ops.base import ApplyContext, Operation, Phase
-from .ops.system import SelinuxRelabel, relabel
+from .ops.system import RELABEL_STATE, SelinuxRelabel, relabel
 
 __all__ = ["RunReport", "apply_operations"]
 
@@ -74,12 +77,11 @@ def apply_operations(ctx: ApplyContext, ops: Sequence[Operation]) -> RunReport:
         report.applied.append(op.describe())
     if emptied_id:
         ctx.guest.write("/etc/machine-id", b"")
-    auto = ctx.settings.selinux_relabel
-    if ctx.guest.os.selinux and not explicit_relabel and auto is not False:
+    if explicit_relabel:
+        report.relabel = ctx.state.get(RELABEL_STATE)
+    elif ctx.settings.selinux_relabel is not False and ctx.guest.os.type == "linux" and selinux_enabled(ctx.guest):
         try:
             report.relabel = relabel(ctx)
         except GuestError as exc:
             raise OperationError(len(ops) + 1, "SELinux relabel", exc.message) from exc
-    elif explicit_relabel and ctx.guest.os.selinux:
-        report.relabel = "done"
     return report

@@ -327,20 +327,28 @@ def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = 
               accelerator: Accelerator | None = None, timeout_scale: float = 1.0,
               timeouts: Timeouts | None = None, workdir: Path | None = None,
               memory_mib: int = 2048, cpus: int = 2, progress: Progress | None = None,
-              console_copy: Path | None = None) -> BootResult:
-    """Boot *image* on a throw-away overlay and test it (see the module docstring for the steps)."""
+              console_copy: Path | None = None, in_place: bool = False) -> BootResult:
+    """Boot *image* on a throw-away overlay and test it (see the module docstring for the steps).
+
+    ``in_place=True`` boots a qcow2 *image* itself, so what the guest writes stays in it: a
+    second boot of the same file is a real second boot (first-boot scripts, per-boot state).
+    Give it an overlay of your own, never an image you want to keep as it is.
+    """
     say: Progress = progress or (lambda _msg: None)
     image = Path(image).resolve()
     if not image.is_file():
         raise ImageError(f"{image}: no such image file")
     fmt = fmt or qemuimg.probe_format(image)
+    if in_place and fmt != "qcow2":
+        raise UsageError(f"{image}: booting in place needs a qcow2 image, not {fmt}")
     verdict = accelerator or choose_accelerator()
     limits = timeouts or Timeouts.for_accelerator(verdict.name, timeout_scale)
     say(f"accelerator: {verdict.name} ({verdict.reason})")
     with tempfile.TemporaryDirectory(prefix="imgsmith-boot-", dir=workdir) as tmpdir:
         tmp = Path(tmpdir)
-        overlay = tmp / "overlay.qcow2"
-        qemuimg.create_overlay(image, fmt, overlay)
+        overlay = image if in_place else tmp / "overlay.qcow2"
+        if not in_place:
+            qemuimg.create_overlay(image, fmt, overlay)
         key = ThrowawayKey.generate()
         cfg = seed_mod.SeedConfig(instance_id=seed_mod.new_instance_id(), public_key=key.public)
         seed_iso = seed_mod.write_seed(tmp / "seed.iso", cfg)

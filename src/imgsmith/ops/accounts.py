@@ -20,7 +20,10 @@ _RANDOM_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
 
 @dataclass(frozen=True)
 class PasswordSelector:
-    """password:… file:… random disabled locked[:…] hashed:… — the secret is held as a Secret."""
+    """password:… file:… random disabled locked[:…] hashed:… — the secret is held as a Secret.
+
+    ``spelled`` is how the selector is shown (``locked:password`` …), without the secret.
+    """
 
     kind: str  # password | random | disabled | hashed
     value: Secret | None = None
@@ -29,12 +32,17 @@ class PasswordSelector:
 
     @classmethod
     def parse(cls, text: str, option: str, ctx: ParseContext) -> PasswordSelector:
+        # virt-customize's parse_selector_list (password.ml): any number of leading "lock"/"locked"
+        # words lock the account; "locked" alone is a locked disabled password.
         locked = False
         rest = text
-        if text == "locked":
-            locked, rest = True, "disabled"
-        elif text.startswith("locked:"):
-            locked, rest = True, text[len("locked:"):]
+        while True:
+            head, sep, tail = rest.partition(":")
+            if head not in ("lock", "locked"):
+                break
+            locked, rest = True, (tail if sep else "disabled")
+        if rest == "disable":
+            rest = "disabled"
         kind, _, value = rest.partition(":")
         spelled = ("locked:" if locked else "") + kind
         if kind == "password" and value:
@@ -71,7 +79,9 @@ class PasswordSelector:
                 assert self.value is not None
                 plain = self.value.reveal()
             field = hash_password(plain, crypto)
-        return ("!" + field) if self.locked else field
+        # virt-customize writes "!!" in front of a locked account's field (shadow-utils' own
+        # `passwd -l` writes one "!"); "locked" alone is "!!*".
+        return ("!!" + field) if self.locked else field
 
 
 def default_crypto(info: OSInfo) -> str:
@@ -187,13 +197,28 @@ def _selector_from_yaml(value: object, option: str, ctx: ParseContext) -> Passwo
 
 
 def _default_public_key(option: str) -> tuple[str, str]:
+    """The caller's own public key, chosen as virt-customize's ``local_user_ssh_pubkey`` does.
+
+    ssh_key.ml: every file in ``$HOME/.ssh`` whose name matches ``^id.*\\.pub$`` and does
+    not end in ``-cert.pub``, newest modification time first (a stable sort of the
+    directory's own listing order, so equal times keep readdir order).
+    """
     ssh_dir = Path.home() / ".ssh"
-    for name in ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub", "id_dsa.pub"):
-        path = ssh_dir / name
-        if path.is_file():
-            return path.read_text().strip(), f"file:{path}"
-    raise UsageError(f"--{option}: no selector given and no public key in {ssh_dir} "
-                     "(give USER:string:KEY or USER:file:PATH)")
+    try:
+        names = os.listdir(ssh_dir)
+    except OSError as exc:
+        raise UsageError(f"--{option}: no selector given and {ssh_dir} cannot be read "
+                         f"({exc.strerror or exc}); give USER:string:KEY or USER:file:PATH") from None
+    keys = [ssh_dir / n for n in names
+            if n.startswith("id") and n.endswith(".pub") and not n.endswith("-cert.pub")]
+    if not keys:
+        raise UsageError(f"--{option}: no selector given and no public key file (id*.pub) in {ssh_dir} "
+                         "(give USER:string:KEY or USER:file:PATH)")
+    newest = sorted(keys, key=lambda k: k.stat().st_mtime, reverse=True)[0]
+    key = newest.read_text().strip()
+    if not key:
+        raise UsageError(f"--{option}: public key file {newest} is empty")
+    return key, f"file:{newest}"
 
 
 def _passwd_entry(g: Guest, user: str) -> tuple[int, int, str]:
@@ -216,10 +241,10 @@ class SshInject(Operation):
 
     @classmethod
     def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        user, sep, sel = arg.partition(":")
+        user, _, sel = arg.partition(":")
         if not user:
             raise UsageError(f"--ssh-inject: expected USER[:SELECTOR], got {arg!r}")
-        if not sep:
+        if not sel:  # "USER" and "USER:" both mean the caller's own key (ssh_key.ml)
             key, source = _default_public_key(cls.name)
         elif sel.startswith("string:") and sel[7:].strip():
             key, source = sel[7:].strip(), "string"

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import UsageError
 from .base import REGISTRY, Operation, ParseContext
 
-__all__ = ["add_operation_arguments", "parse_commands_file", "parse_operations"]
+__all__ = ["add_operation_arguments", "parse_commands_file", "parse_operations", "split_logical_lines"]
 
 COMMANDS_FROM_FILE = "commands-from-file"
 
@@ -51,26 +51,53 @@ def add_operation_arguments(parser: argparse.ArgumentParser, *, exclude: Sequenc
     parser.set_defaults(ops=[])
 
 
-def parse_commands_file(path: Path) -> list[tuple[str, str]]:
-    """Lines ``option argument``: split at the first space, no shell unquoting, leading blanks trimmed.
+_TRIM = " \t\r\n"
+"""What virt-customize's ``String.triml`` removes (mlstdutils ``Char.isspace``): not \\f, \\v or Unicode blanks."""
 
-    Blank lines and ``#`` comments are skipped; a nested commands-from-file is refused.
+
+def split_logical_lines(text: str) -> list[tuple[int, str]]:
+    """``(first physical line number, logical line)`` pairs, exactly as virt-customize 1.48 splits them.
+
+    This is libguestfs-common's ``String.lines_split`` (mlstdutils/std_utils.ml): a backslash
+    right before a newline (or at the very end of the file) is removed and the *newline is
+    kept*, so the logical line goes on with the next physical line, leading blanks included;
+    blanks before the backslash stay too. ``\\\\`` at the end keeps one backslash and still
+    continues; ``\\`` before ``\\r\\n`` does not continue (the byte before the newline is ``\\r``).
+    """
+    out: list[tuple[int, str]] = []
+    start_no, buf = 1, ""
+    physical = text.split("\n")
+    for lineno, raw in enumerate(physical, 1):
+        is_last = lineno == len(physical)
+        if raw.endswith("\\"):
+            buf += raw[:-1] + "\n"
+            if not is_last:
+                continue
+        else:
+            buf += raw
+        if not is_last or buf:
+            out.append((start_no, buf))
+        start_no, buf = lineno + 1, ""
+    return out
+
+
+def parse_commands_file(path: Path) -> list[tuple[str, str]]:
+    """Lines ``option argument``, parsed as virt-customize's ``customize_read_from_file`` does.
+
+    Each logical line (see ``split_logical_lines``) loses its leading blanks only; empty
+    lines and lines starting with ``#`` are skipped; the rest is split at the first space
+    into the option and its argument, with no shell unquoting and trailing blanks kept. A
+    flag (an option without argument) ignores whatever follows it, as virt-customize does.
+    A nested commands-from-file is refused.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8", "surrogateescape")  # bytes: a \r before \n is kept
     except OSError as exc:
         raise UsageError(f"--{COMMANDS_FROM_FILE}: {path}: {exc.strerror or exc}") from None
     pairs: list[tuple[str, str]] = []
-    pending = ""
-    for lineno, raw in enumerate(text.split("\n"), 1):
-        # Every physical line loses its leading blanks; a trailing backslash joins the next
-        # line directly (no newline), as in virt-customize's "edit /f:\\ <newline> s/a/b/".
-        line = pending + raw.lstrip()
-        if line.endswith("\\"):
-            pending = line[:-1]
-            continue
-        pending = ""
-        if not line.strip() or line.lstrip().startswith("#"):
+    for lineno, logical in split_logical_lines(text):
+        line = logical.lstrip(_TRIM)
+        if not line or line.startswith("#"):
             continue
         name, _, arg = line.partition(" ")
         where = f"{path}:{lineno}"
@@ -79,11 +106,7 @@ def parse_commands_file(path: Path) -> list[tuple[str, str]]:
         cls = REGISTRY.get(name)
         if cls is None:
             raise UsageError(f"{where}: unknown operation {name!r}")
-        if cls.metavar is None and arg.strip():
-            raise UsageError(f"{where}: {name} takes no argument")
-        pairs.append((name, arg))
-    if pending:
-        raise UsageError(f"{path}: the last line ends with a backslash")
+        pairs.append((name, "" if cls.metavar is None else arg))
     return pairs
 
 

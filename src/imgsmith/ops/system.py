@@ -10,7 +10,7 @@ from ..errors import GuestError, UsageError
 from ..guest.api import Guest
 from .base import ApplyContext, Operation, ParseContext, Phase
 
-__all__ = ["Hostname", "SelinuxRelabel", "Timezone", "relabel"]
+__all__ = ["RELABEL_STATE", "Hostname", "SelinuxRelabel", "Timezone", "is_selinux_guest", "relabel"]
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*$")
 _TZ = re.compile(r"^[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*$")
@@ -128,6 +128,10 @@ class Timezone(Operation):
         g.ln_sf(where, "/etc/localtime")
 
 
+RELABEL_STATE = "selinux-relabel"
+"""Key in ``ApplyContext.state``: what the explicit relabel did (setfiles, autorelabel, None)."""
+
+
 def _selinux_policy(g: Guest) -> str:
     m = re.search(r"^\s*SELINUXTYPE\s*=\s*(\S+)", g.read_text("/etc/selinux/config"), re.MULTILINE)
     return m.group(1) if m else "targeted"
@@ -152,9 +156,24 @@ def relabel(ctx: ApplyContext) -> str:
     return "autorelabel"
 
 
+def is_selinux_guest(g: Guest) -> bool:
+    """virt-customize 1.48's test, made when relabelling (after every other operation).
+
+    libguestfs-common mlcustomize/SELinux_relabel.ml ``is_selinux_guest``: /usr/sbin/load_policy
+    and /etc/selinux/config are both regular files (symlinks followed). ``SELINUX=disabled`` does
+    not count in 1.48: such a guest is relabelled too.
+    """
+    return g.is_file("/usr/sbin/load_policy", follow=True) and g.is_file("/etc/selinux/config", follow=True)
+
+
 @dataclass(frozen=True)
 class SelinuxRelabel(Operation):
-    """Explicit relabel request; imgsmith also relabels automatically when the guest uses SELinux."""
+    """Explicit relabel request, decided as virt-customize decides it: at the very end, on the result.
+
+    Runs in the last phase, so an earlier operation that removed load_policy or the config
+    turns it into a no-op. imgsmith's automatic relabel (without this option) is decided at
+    the end too, by the runner.
+    """
 
     name = "selinux-relabel"
     help = "Relabel files with the right SELinux labels (automatic for SELinux guests; kept for compatibility)"
@@ -165,7 +184,8 @@ class SelinuxRelabel(Operation):
         return cls()
 
     def apply(self, ctx: ApplyContext) -> None:
-        if not ctx.guest.os.selinux:
+        if not is_selinux_guest(ctx.guest):
             ctx.message("SELinux relabelling: the guest does not use SELinux; nothing to do")
+            ctx.state[RELABEL_STATE] = None
             return
-        relabel(ctx)
+        ctx.state[RELABEL_STATE] = relabel(ctx)
