@@ -228,7 +228,7 @@ def test_sha256_file_skips_reading_holes_but_hashes_their_zeros(tmp_path: Path,
     import hashlib
     import os
 
-    from imgsmith.disk.files import sha256_file
+    from imgsmith.host.files import sha256_file
     path, expected, seen = tmp_path / "sparse", hashlib.sha256(), []
     with path.open("wb") as f:
         for kind, size in layout:

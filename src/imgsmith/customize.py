@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from .boot import accel
 from .guest import appliance
 from .guest.api import Guest, OSInfo
 from .guest.session import SessionOptions, open_guest
+from .host import accel
 from .ops.base import ApplyContext, Operation, Settings
 from .runner import apply_operations
 from .transaction import commit, disk_info, overlay

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .boot import accel
 from .cache.store import LayerStore
 from .definition import LoadedDefinition
 from .definition.model import Output
@@ -35,6 +34,7 @@ from .guest import appliance
 from .guest.backend import Choice
 from .guest.facts import installed_packages, kernels
 from .guest.session import SessionOptions, open_guest, session_count
+from .host import accel
 from .manifest import outputs_unchanged, read_manifest, write_manifest, write_sums
 from .ops.accounts import SshInject
 from .ops.base import ApplyContext, Operation, Settings

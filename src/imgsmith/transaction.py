@@ -10,7 +10,6 @@ during that short window.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from types import FrameType
 
 from .disk import qemuimg
 from .errors import ImageError
+from .host.files import try_file_lock
 
 __all__ = ["DiskInfo", "commit", "disk_info", "overlay"]
 
@@ -54,11 +54,9 @@ def disk_info(path: Path, fmt: str | None = None) -> DiskInfo:
 @contextlib.contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
     """One imgsmith at a time per disk: a second one fails at once with a clear message."""
-    with path.open("rb") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ImageError(f"{path}: another imgsmith is working on this disk") from None
+    with try_file_lock(path) as free:
+        if not free:
+            raise ImageError(f"{path}: another imgsmith is working on this disk")
         yield
 
 

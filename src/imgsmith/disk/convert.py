@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageError, ImgsmithError, UsageError
+from ..host.files import fsync_dir, fsync_file, partial_dir, sha256_file, write_sha256_file
 from . import delta, gcp, ova, qemuimg
-from .files import fsync_dir, fsync_file, partial_dir, sha256_file, write_sha256_file
 from .formats import Format, get_format, resolve_options, writable_format
 from .presets import Layout, Preset, apply_rules, get_preset
 from .sizes import MiB, format_size

@@ -14,9 +14,6 @@ import logging
 import os
 import re
 import select
-import signal
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -271,17 +268,7 @@ def convert_argv(src: str | os.PathLike[str], src_fmt: str, dst: str | os.PathLi
     return [*argv, os.fspath(src), os.fspath(dst)]
 
 
-def _stop(p: subprocess.Popen[bytes]) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def _pump(p: subprocess.Popen[bytes], progress: ProgressFn | None, cancel: threading.Event | None) -> None:
+def _pump(p: proc.Spawned, progress: ProgressFn | None, cancel: threading.Event | None) -> None:
     """Read ``-p`` output until qemu-img exits, reporting each new percentage; stop on *cancel*."""
     assert p.stdout is not None
     fd = p.stdout.fileno()
@@ -314,19 +301,8 @@ def convert(src: str | os.PathLike[str], src_fmt: str, dst: str | os.PathLike[st
     *cancel* is set; the caller owns cleaning up *dst*.
     """
     argv = convert_argv(src, src_fmt, dst, fmt, options)
-    with tempfile.TemporaryFile() as err:
-        p = proc.popen(argv, stdout=subprocess.PIPE, stderr=err.fileno())
-        try:
-            _pump(p, progress, cancel)
-            p.wait()
-        finally:
-            _stop(p)
-            if p.stdout is not None:
-                p.stdout.close()
-        if p.returncode != 0:
-            err.seek(0)
-            stderr = err.read().decode("utf-8", "replace")
-            raise ProcessError(proc.failure_message(argv, p.returncode, stderr), argv=argv,
-                               returncode=p.returncode, stderr=stderr)
+    with proc.spawn(argv) as p:
+        _pump(p, progress, cancel)
+        p.wait()
     if progress is not None:
         progress(100.0)

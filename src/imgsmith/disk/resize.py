@@ -22,8 +22,8 @@ from typing import Any
 
 from ..errors import GuestError, ImageError, UsageError
 from ..guest.appliance import Drive, open_handle
+from ..host.files import partial_dir
 from . import qemuimg
-from .files import partial_dir
 from .formats import get_format
 from .sizes import MiB, SizeSpec, format_size, round_up
 

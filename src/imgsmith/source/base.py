@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..cache.store import file_lock
 from ..disk import qemuimg
 from ..errors import ChecksumError, ImageError, ImgsmithError, UsageError
+from ..host.files import atomic_write, file_lock, fsync_dir, fsync_file
 from .checksum import Checksum, file_digest, parse_inline, parse_sums
 from .fetch import check_url, download, fetch_text, redact_url
 
@@ -154,14 +154,6 @@ def _cached_file(entry: Path) -> Path | None:
     return found if found.is_file() else None
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fetch_into_cache(url: str, expected: Checksum, name: str, entry: Path, *,
                       progress: BaseProgress | None, opener: urllib.request.OpenerDirector | None,
                       sleep: Callable[[float], None]) -> Path:
@@ -193,13 +185,12 @@ def _fetch_into_cache(url: str, expected: Checksum, name: str, entry: Path, *,
     if entry.exists():  # an entry without a usable meta.json (damaged by hand): we hold its lock
         shutil.rmtree(entry)
     os.chmod(target, 0o444)  # layers back onto it: guard against accidental writes
-    _fsync(target)
+    fsync_file(target)
     meta = {"origin": shown, "filename": name, "checksum": str(expected), "fetched": time.time(),
             "size": target.stat().st_size}
-    (tmp / _META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    _fsync(tmp)
+    atomic_write(tmp / _META, json.dumps(meta, indent=2) + "\n")  # fsyncs tmp's entries too
     os.rename(tmp, entry)
-    _fsync(entry.parent)
+    fsync_dir(entry.parent)
     log.info("cached %s as %s", shown, entry / name)
     return entry / name
 
