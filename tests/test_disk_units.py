@@ -11,9 +11,9 @@ from imgsmith.disk import gcp, ova, qemuimg
 from imgsmith.disk.convert import default_name, make_target
 from imgsmith.disk.formats import FORMATS, get_format, parse_option_pairs, resolve_options, writable_format
 from imgsmith.disk.presets import PRESETS, Layout, apply_rules, get_preset
-from imgsmith.disk.resize import target_size
 from imgsmith.disk.sizes import GiB, MiB, SizeSpec, format_size, parse_size
 from imgsmith.errors import UsageError
+from imgsmith.guest.resize import target_size
 
 OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
 

@@ -500,5 +500,5 @@ def test_resolve_file(tmp_path: Path, qcow2_bytes: bytes) -> None:
     with pytest.raises(ChecksumError, match=rf"checksum mismatch for {re.escape(str(path))}: expected sha256:0+, "
                                             rf"got sha256:{digest}$"):
         resolve_file(path, f"sha256:{'0' * 64}")
-    with pytest.raises(ImageError, match="no such file"):
+    with pytest.raises(ImageError, match="no such disk image"):
         resolve_file(tmp_path / "missing.qcow2", None)

@@ -270,8 +270,8 @@ def _build_layer(layer: PlannedLayer, parent: tuple[Path, str], *, session: Sess
     The layer is published only on success. Its key does not depend on the backend:
     both give the same guest, so a layer built either way serves both.
     """
-    from .disk.resize import resize_disk
     from .disk.sizes import parse_size
+    from .guest.resize import resize_disk
     from .sysprep.run import apply_sysprep
     meta: dict[str, Any] = {"definition": facts["definition"], "layer": layer.name, "parent_key": layer.parent_key,
                             "token": layer.token}

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..disk import qemuimg
-from ..errors import GuestError, ImageError, ProcessError, UsageError
+from ..errors import GuestError, ProcessError, UsageError
 from ..host import accel as accel_mod
 from ..host.accel import Accelerator
 from . import seed as seed_mod
@@ -336,9 +336,7 @@ def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = 
     """Boot *image* on a throw-away overlay and test it (see the module docstring for the steps)."""
     say: Progress = progress or (lambda _msg: None)
     image = Path(image).resolve()
-    if not image.is_file():
-        raise ImageError(f"{image}: no such image file")
-    fmt = fmt or qemuimg.probe_format(image)
+    fmt = qemuimg.open_image(image, fmt).format
     verdict = accelerator or choose_accelerator()
     limits = timeouts or Timeouts.for_accelerator(verdict.name, timeout_scale)
     say(f"accelerator: {verdict.name} ({verdict.reason})")

@@ -22,10 +22,11 @@ from typing import Any
 
 from .. import proc
 from ..errors import ImageError, ImgsmithError, ProcessError
+from .formats import get_format
 
 __all__ = [
     "Cancelled",
-    "CheckResult",
+    "ImageCheck",
     "ImageInfo",
     "ProgressFn",
     "Snapshot",
@@ -35,6 +36,7 @@ __all__ = [
     "convert_argv",
     "create_overlay",
     "info",
+    "open_image",
     "probe_format",
     "resize",
 ]
@@ -114,7 +116,7 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
-class CheckResult:
+class ImageCheck:
     """``qemu-img check`` verdict: ``supported`` is False for formats it cannot check (raw, vpc)."""
 
     supported: bool
@@ -160,7 +162,7 @@ def _image_info(nodes: Sequence[Mapping[str, Any]]) -> ImageInfo:
 
 def _require_file(path: Path) -> None:
     if not path.exists():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{path}: no such disk image")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not a disk image")
     if not os.access(path, os.R_OK):
@@ -211,20 +213,44 @@ def probe_format(path: str | os.PathLike[str]) -> str:
     return fmt
 
 
-def check(path: str | os.PathLike[str], fmt: str) -> CheckResult:
+def check(path: str | os.PathLike[str], fmt: str) -> ImageCheck:
     """``qemu-img check``: exit 0 clean, 2 corrupt, 3 leaks only, 63 format not checkable."""
     p = Path(path)
     res = proc.run([QEMU_IMG, "check", "--output=json", "-f", fmt, p], check=False)
     if res.returncode == 63:
-        return CheckResult(supported=False)
+        return ImageCheck(supported=False)
     try:
         data = json.loads(res.stdout) if res.stdout.strip() else {}
     except ValueError:
         data = {}
     if res.returncode == 1 or (res.returncode not in (0, 2, 3)) or not data:
         raise ImageError(f"{p}: not a readable {fmt} image: {_qemu_message(res.stderr)}")
-    return CheckResult(True, int(data.get("corruptions", 0)), int(data.get("leaks", 0)),
+    return ImageCheck(True, int(data.get("corruptions", 0)), int(data.get("leaks", 0)),
                        int(data.get("check-errors", 0)))
+
+
+def open_image(path: str | os.PathLike[str], fmt: str | None = None) -> ImageInfo:
+    """The one way a disk image the user named is opened: it exists and is readable, its format
+    is the one given (or probed, and logged as such), ``qemu-img info`` reads it and ``qemu-img
+    check`` finds no corruption. Every problem is an :class:`ImageError` (exit 2) in one line.
+
+    An explicit ``raw`` for a file that probes as another format is refused: working on a
+    qcow2 container as if it were the disk would corrupt it or produce garbage.
+    """
+    p = Path(path)
+    _require_file(p)
+    name = get_format(fmt).name if fmt else probe_format(p)
+    image = info(p, name)
+    if fmt and name == "raw" and (probed := info(p).format) != "raw":
+        raise ImageError(f"{p}: is {probed}, not raw (drop --format or give --format {probed})")
+    verdict = check(p, name)
+    if verdict.supported and not verdict.ok:
+        raise ImageError(f"{p}: corrupt {name} image: qemu-img check found {verdict.corruptions} "
+                         f"corruption(s) and {verdict.check_errors} error(s)",
+                         hint=f"inspect it with: qemu-img check -f {name} {p} (-r all can try to repair it)")
+    if verdict.leaks:
+        log.warning("%s: %d leaked cluster(s) (wasted space, no data at risk)", p, verdict.leaks)
+    return image
 
 
 def create_overlay(base: str | os.PathLike[str], base_fmt: str, dest: str | os.PathLike[str],

@@ -92,8 +92,8 @@ def _image_format(path: Path, fmt: str | None, *, trusted_backing: bool) -> str:
     A qcow2 from the network with a backing file would make qemu read a host path of
     the publisher's choosing into our image.
     """
-    fmt = fmt or qemuimg.probe_format(path)
-    info = qemuimg.info(path, fmt)
+    info = qemuimg.open_image(path, fmt)
+    fmt = info.format
     if info.backing_filename and not trusted_backing:
         raise ImageError(f"{path}: the downloaded image has a backing file ({info.backing_filename}); "
                          "refusing to use it")
@@ -108,7 +108,7 @@ def resolve_file(path: Path, checksum: Checksum | str | None, *, fmt: str | None
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ImageError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
+        raise ImageError(f"{p}: no such disk image" if not p.exists() else f"{p}: not a regular file")
     p = p.resolve()
     expected = _as_checksum(checksum)
     algo = expected.algo if expected else "sha256"
