@@ -10,13 +10,13 @@ import pycdlib
 import pytest
 import yaml
 
-from imgsmith.boot import accel
 from imgsmith.boot.console import ConsoleParser, Stage, clean_line
 from imgsmith.boot.qemu import QemuConfig, qemu_argv
 from imgsmith.boot.seed import SeedConfig, write_seed
 from imgsmith.boot.ssh import CommandResult, ThrowawayKey
 from imgsmith.boot.test import Check, Timeouts, choose_accelerator, evaluate, machine_config
 from imgsmith.errors import UsageError
+from imgsmith.host import accel
 from imgsmith.source import mirror
 from imgsmith.source.bootstrap import (
     BootstrapSpec,

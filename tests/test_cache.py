@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imgsmith.cache import FORMAT_VERSION, LayerStore
+from imgsmith.cache import LAYER_KEY_VERSION, LayerStore
 from imgsmith.cli.cache import parse_duration, parse_max_size
 from imgsmith.cli.main import main
 from imgsmith.disk import qemuimg
@@ -103,7 +103,7 @@ def test_building_publishes_an_overlay_of_the_parent(store: LayerStore, base: Pa
     assert path.stat().st_mode & 0o222 == 0
     meta = json.loads((store.root / key / "meta.json").read_text())
     assert meta["definition"] == "centos7-golden" and meta["parent_key"] == "base:x"
-    assert meta["parent_path"] == os.fspath(base.resolve()) and meta["format_version"] == FORMAT_VERSION
+    assert meta["parent_path"] == os.fspath(base.resolve()) and meta["format_version"] == LAYER_KEY_VERSION
     assert meta["created"] == meta["last_used"] == clock.now
     assert visible(store) == [key]
     [entry] = store.entries()

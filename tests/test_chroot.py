@@ -21,7 +21,7 @@ from imgsmith import proc as proc_mod
 from imgsmith.errors import GuestError, UsageError
 from imgsmith.guest import backend as backend_mod
 from imgsmith.guest.chroot import resolve_in_root
-from imgsmith.guest.rollback import RUN_DIR
+from imgsmith.host.rollback import RUN_DIR
 
 IMGSMITH = [sys.executable, "-m", "imgsmith.cli.main"]
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the chroot backend needs root")

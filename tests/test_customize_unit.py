@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imgsmith.errors import UsageError
-from imgsmith.ops import REGISTRY
+from imgsmith.ops import CUSTOMIZE_OPERATIONS
 from imgsmith.ops.accounts import PasswordSelector, RootPassword
 from imgsmith.ops.base import ParseContext, Secret
 from imgsmith.ops.cmdline import parse_commands_file, parse_operations, split_logical_lines
@@ -33,13 +33,13 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 
 def test_registry_has_every_virt_customize_option() -> None:
-    assert set(REGISTRY) >= VIRT_CUSTOMIZE_148
-    assert "script" in REGISTRY
+    assert set(CUSTOMIZE_OPERATIONS) >= VIRT_CUSTOMIZE_148
+    assert "script" in CUSTOMIZE_OPERATIONS
 
 
 def test_help_lists_every_operation_with_syntax() -> None:
     out = run_cli("customize", "--help").stdout
-    for name, cls in REGISTRY.items():
+    for name, cls in CUSTOMIZE_OPERATIONS.items():
         assert f"--{name}" in out
         if cls.metavar:
             assert f"--{name} {cls.metavar}" in out

@@ -348,7 +348,7 @@ def test_truncated_vmdk_source_is_refused(source: Path, tmp_path: Path,
 def test_missing_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = _convert([str(tmp_path / "none.qcow2"), str(tmp_path / "x.raw"), "--format", "raw"], capsys)
     assert rc == 2
-    assert _error_line(err) == f"imgsmith: error: {tmp_path / 'none.qcow2'}: no such file"
+    assert _error_line(err) == f"imgsmith: error: {tmp_path / 'none.qcow2'}: no such disk image"
 
 
 def test_too_little_free_space_library(source: Path, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def test_commit_grows_the_base(chain: tuple[Path, Path]) -> None:
 
 def test_check_reports_unsupported_for_raw(tmp_path: Path) -> None:
     raw = make_source(tmp_path / "r.raw")
-    assert qemuimg.check(raw, "raw") == qemuimg.CheckResult(supported=False)
+    assert qemuimg.check(raw, "raw") == qemuimg.ImageCheck(supported=False)
 
 
 def test_info_of_garbage_names_qemus_reason(tmp_path: Path) -> None:
@@ -82,4 +82,4 @@ def test_cli_info_json(chain: tuple[Path, Path], capsys: pytest.CaptureFixture[s
 
 def test_cli_info_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", str(tmp_path / "nope.img"), "--format", "raw"]) == 2
-    assert capsys.readouterr().err == f"imgsmith: error: {tmp_path / 'nope.img'}: no such file\n"
+    assert capsys.readouterr().err == f"imgsmith: error: {tmp_path / 'nope.img'}: no such disk image\n"

@@ -11,9 +11,9 @@ from imgsmith.disk import gcp, ova, qemuimg
 from imgsmith.disk.convert import default_name, make_target
 from imgsmith.disk.formats import FORMATS, get_format, parse_option_pairs, resolve_options, writable_format
 from imgsmith.disk.presets import PRESETS, Layout, apply_rules, get_preset
-from imgsmith.disk.resize import target_size
 from imgsmith.disk.sizes import GiB, MiB, SizeSpec, format_size, parse_size
 from imgsmith.errors import UsageError
+from imgsmith.guest.resize import target_size
 
 OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
 
@@ -228,7 +228,7 @@ def test_sha256_file_skips_reading_holes_but_hashes_their_zeros(tmp_path: Path,
     import hashlib
     import os
 
-    from imgsmith.disk.files import sha256_file
+    from imgsmith.host.files import sha256_file
     path, expected = tmp_path / "sparse", hashlib.sha256()
     seen: list[int] = []
     with path.open("wb") as f:

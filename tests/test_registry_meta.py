@@ -12,8 +12,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from imgsmith.ops import REGISTRY as CUSTOMIZE
-from imgsmith.sysprep import REGISTRY as SYSPREP
+from imgsmith.ops import CUSTOMIZE_OPERATIONS as CUSTOMIZE
+from imgsmith.sysprep import SYSPREP_OPERATIONS as SYSPREP
 
 TESTS = Path(__file__).parent
 

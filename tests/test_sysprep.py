@@ -15,9 +15,9 @@ from imgsmith.guest import appliance
 from imgsmith.ops.accounts import RootPassword
 from imgsmith.ops.base import ParseContext
 from imgsmith.sysprep import (
-    REGISTRY,
-    Phase,
+    SYSPREP_OPERATIONS,
     SysprepOptions,
+    SysprepPhase,
     check_options,
     default_names,
     list_operations,
@@ -35,10 +35,10 @@ NOT_DEFAULT = {"ca-certificates", "firewall-rules", "flag-reconfiguration", "fs-
 
 
 def test_registry_has_virt_sysprep_148_operations_and_the_additions() -> None:
-    assert len(REGISTRY) == 46
-    upstream = {n for n, cls in REGISTRY.items() if cls.upstream}
-    assert len(upstream) == 43 and set(REGISTRY) - upstream == ADDITIONS
-    assert {n for n, cls in REGISTRY.items() if not cls.default} == NOT_DEFAULT
+    assert len(SYSPREP_OPERATIONS) == 46
+    upstream = {n for n, cls in SYSPREP_OPERATIONS.items() if cls.upstream}
+    assert len(upstream) == 43 and set(SYSPREP_OPERATIONS) - upstream == ADDITIONS
+    assert {n for n, cls in SYSPREP_OPERATIONS.items() if not cls.default} == NOT_DEFAULT
     assert len(default_names()) == 40  # virt-sysprep's 37 and the three additions
 
 
@@ -65,15 +65,16 @@ def test_list_operations_cli_needs_no_disk(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_headings_and_phases() -> None:
-    for name, cls in REGISTRY.items():
+    for name, cls in SYSPREP_OPERATIONS.items():
         assert cls.heading and "\n" not in cls.heading and not cls.heading.endswith("."), name
-    assert {n for n, cls in REGISTRY.items() if cls.phase is Phase.DEVICES} == {"fs-uuids", "lvm-uuids"}
-    assert {n: cls.order for n, cls in REGISTRY.items() if cls.order} == {"customize": 99}
+    devices = {n for n, cls in SYSPREP_OPERATIONS.items() if cls.phase is SysprepPhase.DEVICES}
+    assert devices == {"fs-uuids", "lvm-uuids"}
+    assert {n: cls.order for n, cls in SYSPREP_OPERATIONS.items() if cls.order} == {"customize": 99}
 
 
 def test_every_operation_is_documented() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "sysprep.md").read_text(encoding="utf-8")
-    for name in REGISTRY:
+    for name in SYSPREP_OPERATIONS:
         assert f"`{name}`" in doc, name
 
 

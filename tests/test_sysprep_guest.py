@@ -41,7 +41,8 @@ from guests import Entry, detect_format, guest_image, layout, read_tree
 from imgsmith.guest import appliance
 from imgsmith.guest.backend import chroot_problems
 from imgsmith.guest.session import SessionOptions, open_guest
-from imgsmith.sysprep import SysprepOptions, SysprepResult, sysprep_disk
+from imgsmith.sysprep import OperationReport, SysprepOptions, sysprep_disk
+from imgsmith.transaction import DiskResult
 
 pytestmark = [pytest.mark.guest, pytest.mark.xdist_group("sysprep-guest")]
 
@@ -168,7 +169,7 @@ class Runs:
     """Every result of the module, by name, with what the runs reported."""
 
     snap: dict[str, Snapshot] = field(default_factory=dict)
-    results: dict[str, SysprepResult] = field(default_factory=dict)
+    results: dict[str, DiskResult[OperationReport]] = field(default_factory=dict)
     cli: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
     theirs: bool = False
     backends: tuple[str, ...] = BACKENDS

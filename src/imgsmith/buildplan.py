@@ -22,6 +22,7 @@ from .cache.store import LayerStore
 from .definition import LoadedDefinition
 from .guest.backend import Choice
 from .guest.session import SessionOptions
+from .host.files import atomic_write, hash_into
 from .ops.base import Operation
 
 __all__ = ["BaseKey", "BuildOptions", "BuildPlan", "PlannedLayer", "digest_host_path", "plan_base", "plan_build"]
@@ -92,13 +93,6 @@ class BuildPlan:
         return self.session.choice()
 
 
-def _hash_file(h: Any, path: Path) -> None:
-    """Feed a file to *h* in chunks: a base image can be gigabytes, and must not be read into memory."""
-    with path.open("rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
-
-
 def digest_host_path(path: Path) -> str:
     """Content digest of a host file or directory tree (names, modes and contents)."""
     h = hashlib.sha256()
@@ -108,10 +102,10 @@ def digest_host_path(path: Path) -> str:
             for name in sorted(files):
                 p = Path(root) / name
                 h.update(f"{p.relative_to(path)}\0{p.stat().st_mode & 0o7777:o}\0".encode())
-                _hash_file(h, p)
+                hash_into(h, p)
     else:
         h.update(f"{path.stat().st_mode & 0o7777:o}\0".encode())
-        _hash_file(h, path)
+        hash_into(h, path)
     return h.hexdigest()
 
 
@@ -128,7 +122,6 @@ def _ops_token(ops: Sequence[Operation]) -> list[dict[str, Any]]:
 
 def _file_key(path: Path, cache: Path) -> str:
     """sha256 of a local base image, remembered by (inode, size, mtime) so rebuilds don't re-read it."""
-    from .cache.store import _write_json as write_json_atomic
     st = path.stat()
     stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
     memo_path = cache / "file-digests.json"
@@ -142,7 +135,7 @@ def _file_key(path: Path, cache: Path) -> str:
     digest = digest_host_path(path)
     memo[os.fspath(path)] = {"stamp": stamp, "sha256": digest}
     cache.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(memo_path, memo)
+    atomic_write(memo_path, json.dumps(memo))
     return digest
 
 

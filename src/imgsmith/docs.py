@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from .ops import REGISTRY
-from .ops.base import Phase
+from .ops import CUSTOMIZE_OPERATIONS
+from .ops.base import CustomizePhase
 
 __all__ = ["render_operations_doc"]
 
@@ -70,10 +70,10 @@ def _yaml_value(name: str, metavar: str | None) -> str:
 
 def render_operations_doc() -> str:
     rows = []
-    for name in sorted(REGISTRY):
-        cls = REGISTRY[name]
-        when = {Phase.PASSWORDS: " (runs after all other operations)",
-                Phase.RELABEL: " (runs last)"}.get(cls.phase, "")
+    for name in sorted(CUSTOMIZE_OPERATIONS):
+        cls = CUSTOMIZE_OPERATIONS[name]
+        when = {CustomizePhase.PASSWORDS: " (runs after all other operations)",
+                CustomizePhase.RELABEL: " (runs last)"}.get(cls.phase, "")
         rows.append(f"| `--{name}` | `{cls.metavar or ''}` | {_yaml_value(name, cls.metavar)} "
                     f"| {cls.help}{when} |")
     rows.append("| `--commands-from-file` | `FILENAME` | — | read operations from a file, one per line |")

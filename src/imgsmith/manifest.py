@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from .host.files import atomic_write
 
 __all__ = ["outputs_unchanged", "read_manifest", "write_manifest", "write_sums"]
 
@@ -16,17 +17,13 @@ SUMS = "SHA256SUMS"
 def write_manifest(out_dir: Path, data: dict[str, Any]) -> Path:
     """Write atomically: a reader never sees half a manifest."""
     path = out_dir / MANIFEST
-    tmp = out_dir / f".{MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
     return path
 
 
 def write_sums(out_dir: Path, outputs: list[dict[str, Any]]) -> Path:
     path = out_dir / SUMS
-    tmp = out_dir / f".{SUMS}.{os.getpid()}.tmp"
-    tmp.write_text("".join(f"{o['sha256']}  {Path(o['path']).name}\n" for o in outputs))
-    tmp.replace(path)
+    atomic_write(path, "".join(f"{o['sha256']}  {Path(o['path']).name}\n" for o in outputs))
     return path
 
 

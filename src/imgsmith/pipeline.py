@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .boot import accel
 from .buildplan import BaseKey, BuildOptions, BuildPlan, PlannedLayer, plan_base, plan_build
 from .cache.store import LayerStore
 from .definition import LoadedDefinition
@@ -34,6 +33,7 @@ from .errors import HostIOError, ImgsmithError
 from .events import Message, Notice, Progress, Sink, StageFinished, StageKind, StageStarted, Warn, discard
 from .guest.facts import installed_packages, kernels
 from .guest.session import open_guest
+from .host import accel
 from .manifest import outputs_unchanged, read_manifest, write_manifest, write_sums
 from .ops.base import ApplyContext, Settings
 from .paths import cache_root
@@ -189,8 +189,8 @@ def _build_layer(plan: BuildPlan, layer: PlannedLayer, parent: tuple[Path, str],
     The layer is published only on success. Its key does not depend on the backend:
     both give the same guest, so a layer built either way serves both.
     """
-    from .disk.resize import resize_disk
     from .disk.sizes import parse_size
+    from .guest.resize import resize_disk
     from .sysprep.run import apply_sysprep
     loaded = plan.definition
     meta: dict[str, Any] = {"definition": loaded.definition.name, "layer": layer.name,

@@ -21,6 +21,7 @@ from .cache.store import LayerStore
 from .disk import delta
 from .disk.convert import Target
 from .errors import ImgsmithError
+from .host.fuse import fuse_view
 
 __all__ = ["patch_updates"]
 
@@ -76,7 +77,7 @@ def patch_updates(out_dir: Path, previous: Mapping[str, Any] | None, *, store: L
                 if changed * 2 > virtual_size:
                     log.info("outputs: %d of %d bytes changed; converting in full", changed, virtual_size)
                 else:
-                    view = stack.enter_context(delta.source_view(final))
+                    view = stack.enter_context(fuse_view(final, "qcow2", label="outputs", name="source.img"))
                     updates = {path: delta.Update(prev, kind, extents, view)
                                for path, (prev, kind) in candidates.items()}
         except (ImgsmithError, OSError) as exc:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .errors import GuestError, OperationError
 from .guest.treeinspect import selinux_enabled
-from .ops.base import ApplyContext, Operation, Phase
+from .ops.base import ApplyContext, CustomizePhase, Operation
 from .ops.system import RELABEL_STATE, SelinuxRelabel, relabel
 
 __all__ = ["RunReport", "apply_operations"]
@@ -66,7 +66,7 @@ def apply_operations(ctx: ApplyContext, ops: Sequence[Operation]) -> RunReport:
     ordered = sorted(enumerate(ops, 1), key=lambda item: item[1].phase)
     explicit_relabel = any(isinstance(op, SelinuxRelabel) for op in ops)
     for position, op in ordered:
-        if op.phase == Phase.RELABEL and emptied_id:
+        if op.phase == CustomizePhase.RELABEL and emptied_id:
             ctx.guest.write("/etc/machine-id", b"")
             emptied_id = False
         log.info("step %d: %s", position, op.describe())

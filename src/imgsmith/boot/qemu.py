@@ -15,14 +15,13 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import proc
-from ..errors import ProcessError
 
 __all__ = ["QemuConfig", "QemuProcess", "free_port", "qemu_argv", "qmp_command"]
 
@@ -34,7 +33,7 @@ TCG_CPU = "Nehalem"
 
 @dataclass(frozen=True)
 class QemuConfig:
-    """One boot-test machine. ``accel`` is ``kvm`` or ``tcg`` (from :func:`imgsmith.boot.accel.detect`)."""
+    """One boot-test machine. ``accel`` is ``kvm`` or ``tcg`` (from :func:`imgsmith.host.accel.detect`)."""
 
     disk: Path
     seed: Path
@@ -116,15 +115,20 @@ def qmp_command(socket_path: Path, command: str, timeout: float = 5.0) -> dict[s
         return reply
 
 
-class QemuProcess:
-    """A running boot-test qemu whose output goes to a log file (for error messages)."""
+QEMU_GRACE = 3.0
+"""Seconds qemu gets after QMP ``quit`` (and again after SIGTERM) before it is killed."""
 
-    def __init__(self, cfg: QemuConfig, log_path: Path) -> None:
+
+class QemuProcess:
+    """A running boot-test qemu whose output goes to a log file (for error messages).
+
+    Made by :func:`running_qemu`, which owns its lifetime through :func:`imgsmith.proc.spawn`.
+    """
+
+    def __init__(self, cfg: QemuConfig, child: proc.Spawned) -> None:
         self.cfg = cfg
-        self.log_path = log_path
-        self.argv = qemu_argv(cfg)
-        with log_path.open("wb") as out:
-            self._p = proc.popen(self.argv, stdout=out.fileno(), stderr=subprocess.STDOUT)
+        self.argv = child.argv
+        self._p = child
         self.started = time.monotonic()
 
     @property
@@ -136,22 +140,14 @@ class QemuProcess:
 
     def output_tail(self, lines: int = 5) -> str:
         """qemu's own messages (not the guest's console): why it refused to start or died."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(ln.strip() for ln in text.strip().splitlines()[-lines:] if ln.strip())
+        return self._p.output_tail(lines).replace("\n", " | ")
 
     def exit_message(self) -> str:
-        return proc.failure_message(self.argv, self._p.returncode or 0, self.output_tail())
+        return self._p.failure().message
 
     def wait(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds for qemu to exit; True when it did."""
-        try:
-            self._p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
+        return self._p.wait(timeout)
 
     def powerdown(self) -> bool:
         """Ask the guest for an ACPI shutdown over QMP; False when qemu cannot be reached."""
@@ -163,17 +159,26 @@ class QemuProcess:
         return "return" in reply
 
     def kill(self) -> None:
-        """Stop qemu for sure: QMP quit first (flushes cleanly), then SIGKILL."""
+        """Stop qemu for sure: QMP quit first (flushes cleanly), then the stop policy of proc."""
         if self._p.poll() is not None:
             return
         with contextlib.suppress(OSError, ValueError, ConnectionError):
             qmp_command(self.cfg.qmp_socket, "quit", timeout=2.0)
-        if not self.wait(3.0):
-            self._p.kill()
-            self._p.wait()
+        if not self.wait(QEMU_GRACE):
+            self._p.stop(QEMU_GRACE)
 
     def check_started(self, grace: float = 1.0) -> None:
         """Raise ProcessError if qemu exits within *grace* seconds (bad option, port taken, no KVM)."""
         if self.wait(grace):
-            raise ProcessError(self.exit_message(), argv=self.argv, returncode=self._p.returncode,
-                               stderr=self.output_tail(20))
+            raise self._p.failure()
+
+
+@contextlib.contextmanager
+def running_qemu(cfg: QemuConfig, log_path: Path) -> Iterator[QemuProcess]:
+    """Start qemu for *cfg* with its messages in *log_path*; stopped (:meth:`QemuProcess.kill`) on exit."""
+    with proc.spawn(qemu_argv(cfg), log_file=log_path, grace=QEMU_GRACE, check=False) as child:
+        qemu = QemuProcess(cfg, child)
+        try:
+            yield qemu
+        finally:
+            qemu.kill()

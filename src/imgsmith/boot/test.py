@@ -19,6 +19,7 @@ and carrying the console's last lines; a boot that does returns a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -30,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from ..disk import qemuimg
-from ..errors import GuestError, ImageError, ProcessError, UsageError
-from . import accel as accel_mod
+from ..errors import GuestError, ProcessError, UsageError
+from ..host import accel as accel_mod
+from ..host.accel import Accelerator
 from . import seed as seed_mod
-from .accel import Accelerator
 from .console import BOOT_STAGES, ConsoleParser, ConsoleState, ConsoleWatcher, Stage
-from .qemu import QemuConfig, QemuProcess, free_port
+from .qemu import QemuConfig, QemuProcess, free_port, running_qemu
 from .ssh import CommandResult, SshSession, ThrowawayKey, connect
 
 __all__ = [
@@ -281,18 +282,22 @@ def _shutdown(b: _Boot, session: SshSession | None) -> tuple[bool, float]:
     return True, time.monotonic() - start
 
 
-def _start_qemu(make: Callable[[int], QemuConfig], log_path: Path, attempts: int = 3) -> QemuProcess:
-    """Start qemu; a forwarded port taken between probe and bind is retried with another port."""
+def _start_qemu(stack: contextlib.ExitStack, make: Callable[[int], QemuConfig], log_path: Path,
+                attempts: int = 3) -> QemuProcess:
+    """Start qemu (stopped when *stack* closes); a forwarded port taken between probe and bind is
+    retried with another port."""
     for attempt in range(attempts):
-        qemu = QemuProcess(make(free_port()), log_path)
-        try:
-            qemu.check_started()
-        except ProcessError as exc:
-            port_clash = "hostfwd" in exc.stderr.lower() or "host forwarding" in exc.stderr.lower()
-            if port_clash and attempt + 1 < attempts:
-                continue
-            raise
-        return qemu
+        with contextlib.ExitStack() as this_try:
+            qemu = this_try.enter_context(running_qemu(make(free_port()), log_path))
+            try:
+                qemu.check_started()
+            except ProcessError as exc:
+                port_clash = "hostfwd" in exc.stderr.lower() or "host forwarding" in exc.stderr.lower()
+                if port_clash and attempt + 1 < attempts:
+                    continue
+                raise
+            stack.enter_context(this_try.pop_all())
+            return qemu
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -336,9 +341,7 @@ def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = 
     """
     say: Progress = progress or (lambda _msg: None)
     image = Path(image).resolve()
-    if not image.is_file():
-        raise ImageError(f"{image}: no such image file")
-    fmt = fmt or qemuimg.probe_format(image)
+    fmt = qemuimg.open_image(image, fmt).format
     if in_place and fmt != "qcow2":
         raise UsageError(f"{image}: booting in place needs a qcow2 image, not {fmt}")
     verdict = accelerator or choose_accelerator()
@@ -352,17 +355,19 @@ def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = 
         key = ThrowawayKey.generate()
         cfg = seed_mod.SeedConfig(instance_id=seed_mod.new_instance_id(), public_key=key.public)
         seed_iso = seed_mod.write_seed(tmp / "seed.iso", cfg)
-        qemu = _start_qemu(lambda port: machine_config(overlay, seed_iso, tmp, verdict, port,
-                                                       memory_mib=memory_mib, cpus=cpus), tmp / "qemu.log")
-        watcher = ConsoleWatcher(tmp / "console.log", ConsoleParser(cfg.marker), started=qemu.started)
-        watcher.start()
-        boot = _Boot(qemu, watcher, cfg, key, limits, verdict, say)
-        try:
-            return _run(boot, image, fmt, checks)
-        finally:
-            qemu.kill()
-            watcher.stop()
-            if console_copy is not None and (tmp / "console.log").exists():
-                shutil.copyfile(tmp / "console.log", console_copy)
-            if qemu.cfg.qmp_socket.parent != tmp:
-                shutil.rmtree(qemu.cfg.qmp_socket.parent, ignore_errors=True)
+        with contextlib.ExitStack() as stack:
+            qemu = _start_qemu(stack, lambda port: machine_config(overlay, seed_iso, tmp, verdict, port,
+                                                                  memory_mib=memory_mib, cpus=cpus),
+                               tmp / "qemu.log")
+            watcher = ConsoleWatcher(tmp / "console.log", ConsoleParser(cfg.marker), started=qemu.started)
+            watcher.start()
+            boot = _Boot(qemu, watcher, cfg, key, limits, verdict, say)
+            try:
+                return _run(boot, image, fmt, checks)
+            finally:
+                stack.close()
+                watcher.stop()
+                if console_copy is not None and (tmp / "console.log").exists():
+                    shutil.copyfile(tmp / "console.log", console_copy)
+                if qemu.cfg.qmp_socket.parent != tmp:
+                    shutil.rmtree(qemu.cfg.qmp_socket.parent, ignore_errors=True)

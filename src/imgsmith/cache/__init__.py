@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .store import FORMAT_VERSION, LayerEntry, LayerStore, MissReason, file_lock, try_file_lock
+from .store import LAYER_KEY_VERSION, LayerEntry, LayerStore, MissReason
 
-__all__ = ["FORMAT_VERSION", "LayerEntry", "LayerStore", "MissReason", "file_lock", "try_file_lock"]
+__all__ = ["LAYER_KEY_VERSION", "LayerEntry", "LayerStore", "MissReason"]

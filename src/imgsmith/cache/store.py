@@ -7,9 +7,9 @@ Layout under ``root`` (``cache_root()/"layers"``)::
     .tmp-<key>-<pid>/        a layer being built (never returned by get)
     .locks/<key>.lock        per-key flock: one builder per key, across processes and threads
 
-A key is the sha256 of a canonical JSON of ``{"v": FORMAT_VERSION, "parent": parent key,
+A key is the sha256 of a canonical JSON of ``{"v": LAYER_KEY_VERSION, "parent": parent key,
 "token": token}``: the same parent plus the same operations and host-file digests give
-the same key, and bumping :data:`FORMAT_VERSION` retires every old layer at once.
+the same key, and bumping :data:`LAYER_KEY_VERSION` retires every old layer at once.
 
 Publication is atomic (the temp directory is renamed into place after fsync), so a
 crash or SIGKILL leaves at most a ``.tmp-*`` directory, which :meth:`LayerStore.get`
@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,72 +39,19 @@ from typing import Any
 
 from .. import proc
 from ..disk import qemuimg
+from ..host.files import atomic_write, file_lock, fsync_dir, fsync_file, try_file_lock
 
-__all__ = ["FORMAT_VERSION", "LayerEntry", "LayerStore", "MissReason", "file_lock", "try_file_lock"]
+__all__ = ["LAYER_KEY_VERSION", "LayerEntry", "LayerStore", "MissReason"]
 
 log = logging.getLogger("imgsmith.cache")
 
-FORMAT_VERSION = 1
+LAYER_KEY_VERSION = 1
 """Bump when the meaning of a key changes (layout, op semantics): old layers stop matching."""
 
 LAYER_FILE = "layer.qcow2"
 META_FILE = "meta.json"
 _TMP = ".tmp-"
 _TRASH = ".trash-"
-
-
-# --- locking -------------------------------------------------------------------------------------
-
-def _lock_fd(path: Path, blocking: bool) -> int | None:
-    """An fd holding an exclusive flock on *path*, or None if busy and not *blocking*.
-
-    The lock file may be deleted by a holder (prune removes the locks of removed keys),
-    so after locking we check the path still names the inode we locked, else retry.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on *path* (created if needed) for the duration of the block.
-
-    flock locks belong to the open file, so two threads of one process exclude each
-    other as two processes do, and the kernel drops the lock when a holder dies.
-    """
-    fd = _lock_fd(path, blocking=True)
-    assert fd is not None
-    try:
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def try_file_lock(path: Path) -> Iterator[bool]:
-    """Like :func:`file_lock` without waiting: yields False (and holds nothing) if the lock is busy."""
-    fd = _lock_fd(path, blocking=False)
-    try:
-        yield fd is not None
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -156,22 +101,8 @@ def _disk_usage(path: Path) -> int:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write *data* to *path* atomically (temp file, fsync, rename), so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write *data* to *path* atomically and durably, so readers never see half a file."""
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _remove_tree(path: Path) -> None:
@@ -226,7 +157,7 @@ class LayerStore:
     def key(self, parent_key: str, token: object) -> str:
         """sha256 of the canonical JSON of the format version, *parent_key* and *token* (plain JSON data)."""
         try:
-            text = _canonical({"v": FORMAT_VERSION, "parent": parent_key, "token": token})
+            text = _canonical({"v": LAYER_KEY_VERSION, "parent": parent_key, "token": token})
         except (TypeError, ValueError) as exc:
             raise TypeError(f"a layer cache token must be plain JSON data: {exc}") from exc
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -406,13 +337,12 @@ class LayerStore:
             _remove_tree(final)
         layer = tmp / LAYER_FILE
         os.chmod(layer, 0o444)
-        _fsync_path(layer)
+        fsync_file(layer)
         now = self.clock()
-        record = {**meta, "format_version": FORMAT_VERSION, "key": key, "created": now, "last_used": now,
+        record = {**meta, "format_version": LAYER_KEY_VERSION, "key": key, "created": now, "last_used": now,
                   "parent_path": os.fspath(parent), "parent_format": parent_fmt}
         (tmp / "building.json").unlink()
-        _write_json(tmp / META_FILE, record)
-        _fsync_path(tmp)
+        _write_json(tmp / META_FILE, record)  # fsyncs tmp's entries too
         try:
             os.rename(tmp, final)
         except OSError as exc:
@@ -420,7 +350,7 @@ class LayerStore:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
             return
-        _fsync_path(self.root)
+        fsync_dir(self.root)
         log.info("published layer %s", key[:12])
 
     # cleaning

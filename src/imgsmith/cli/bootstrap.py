@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .. import proc
 from ..errors import UsageError
+from ..host.files import fsync_dir, fsync_file
 
 if TYPE_CHECKING:  # pydantic and the source modules are imported when the command runs
     from ..source.bootstrap import BootstrapSpec
@@ -65,7 +66,9 @@ def _copy(src: Path, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.partial")
     try:
         proc.run(["cp", "--reflink=auto", "--sparse=always", src, tmp])
+        fsync_file(tmp)
         tmp.replace(dest)
+        fsync_dir(dest.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, proc
-from ..boot import accel
+from ..host import accel
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

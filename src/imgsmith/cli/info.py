@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..disk import qemuimg
-from ..disk.formats import get_format
 from ..disk.sizes import format_size
 
 
@@ -56,12 +55,12 @@ def _lines(info: qemuimg.ImageInfo) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    fmt = get_format(args.format).name if args.format else qemuimg.probe_format(args.disk)
-    info = qemuimg.info(args.disk, fmt)
+    info = qemuimg.open_image(args.disk, args.format)
+    fmt = info.format
     report: dict[str, Any] = info.to_json()
     guests = None
     if args.inspect:
-        from ..disk.inspect import inspect_image
+        from ..guest.osinfo import inspect_image
         guests = inspect_image(args.disk, fmt)
         report["guests"] = [g.to_json() for g in guests]
     if args.json:

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from ..disk.resize import resize_disk
 from ..disk.sizes import format_size, parse_size
+from ..guest.resize import resize_disk
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

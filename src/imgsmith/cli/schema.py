@@ -10,10 +10,10 @@ from typing import Any
 def definition_schema() -> dict[str, Any]:
     """The pydantic model's schema, with each step spelled out from the operation registry."""
     from ..definition.model import Definition
-    from ..ops import REGISTRY
+    from ..ops import CUSTOMIZE_OPERATIONS
     schema = Definition.model_json_schema(by_alias=True)
     steps = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-             "properties": {name: cls.yaml_schema() for name, cls in sorted(REGISTRY.items())}}
+             "properties": {name: cls.yaml_schema() for name, cls in sorted(CUSTOMIZE_OPERATIONS.items())}}
     layer = schema.get("$defs", {}).get("Layer", {})
     if "properties" in layer:
         layer["properties"]["steps"] = {"type": "array", "minItems": 1, "items": steps}

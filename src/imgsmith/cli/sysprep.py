@@ -13,14 +13,15 @@ from ..ops.base import ParseContext
 from ..ops.cmdline import add_operation_arguments, parse_operations
 from ..ops.commands import Script
 from ..sysprep import (
-    REGISTRY,
+    SYSPREP_OPERATIONS,
+    OperationReport,
     SysprepOptions,
-    SysprepResult,
     check_options,
     list_operations,
     resolve_flags,
     sysprep_disk,
 )
+from ..transaction import DiskResult
 from .customize import add_session_arguments, session_from, settings_from
 from .render import Progress, print_json
 
@@ -99,7 +100,7 @@ def _accept_dash_lists(p: argparse.ArgumentParser) -> None:
     original = getattr(p, "_parse_optional", None)
     if original is None:  # pragma: no cover - a future argparse
         return
-    items = "|".join(re.escape(n) for n in sorted([*REGISTRY, "all", "defaults"], key=len, reverse=True))
+    items = "|".join(re.escape(n) for n in sorted([*SYSPREP_OPERATIONS, "all", "defaults"], key=len, reverse=True))
     removal = re.compile(rf"^-(?:{items})(?:,.*)?$")
 
     def parse_optional(arg: str) -> Any:
@@ -128,7 +129,7 @@ def options_from(args: argparse.Namespace, ctx: ParseContext) -> SysprepOptions:
                           scripts=scripts)
 
 
-def _render(args: argparse.Namespace, progress: Progress, result: SysprepResult) -> None:
+def _render(args: argparse.Namespace, progress: Progress, result: DiskResult[OperationReport]) -> None:
     if args.json:
         data = dataclasses.asdict(result)
         data["os"] = dataclasses.asdict(result.os) if result.os else None

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ..disk.sizes import SizeSpec
 from ..errors import DefinitionError, Problem, UsageError
-from ..ops import REGISTRY
+from ..ops import CUSTOMIZE_OPERATIONS
 from ..ops.base import Operation, ParseContext
 from .model import Definition
 from .resolve import OutputSpec, Resolved, SysprepPlan, resolve, resolve_parts
@@ -142,9 +142,9 @@ def _step_ops(file: Path, loc: Located, check_files: bool) -> tuple[list[list[Op
                 problems.append(_problem(file, loc, path, "a step is one mapping {operation: value}"))
                 continue
             (name, value), = step.items()
-            cls = REGISTRY.get(name)
+            cls = CUSTOMIZE_OPERATIONS.get(name)
             if cls is None:
-                close = [n for n in REGISTRY if n.split("-")[0] == name.split("-")[0]][:3]
+                close = [n for n in CUSTOMIZE_OPERATIONS if n.split("-")[0] == name.split("-")[0]][:3]
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
                 problems.append(_problem(file, loc, (*path, name), f"unknown operation {name!r}{hint}", key=True))
                 continue

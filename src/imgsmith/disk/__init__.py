@@ -1,32 +1,35 @@
-"""Disk images on the host: qemu-img wrapper, format and preset tables, convert, info, resize.
+"""Disk images on the host: qemu-img wrapper, format and preset tables, convert, info.
+
+Nothing here launches the appliance: resizing (which grows the partition and filesystem
+inside the guest) is :mod:`imgsmith.guest.resize`, inspection :mod:`imgsmith.guest.osinfo`.
 
 The qemu-img wrapper is :mod:`imgsmith.disk.qemuimg` (``qemuimg.info``,
 ``qemuimg.convert``, ...); it is not re-exported here so that ``imgsmith.disk.convert``
-and ``imgsmith.disk.resize`` stay the modules of those names. Library code only:
+stays the module of that name. Library code only:
 progress is reported through callbacks and messages through the ``imgsmith.disk``
 logger; nothing here prints.
 """
 
 from __future__ import annotations
 
-from .convert import ConvertResult, Plan, Source, Target, convert_many, convert_to, make_target, open_source
+from .convert import ConvertResult, Plan, SourceImage, Target, convert_many, convert_to, make_target, open_source
 from .formats import FORMATS, Format, get_format, resolve_options
 from .presets import PRESETS, Layout, Preset, get_preset
-from .qemuimg import CheckResult, ImageInfo
+from .qemuimg import ImageCheck, ImageInfo
 from .sizes import SizeSpec, format_size, parse_size
 
 __all__ = [
     "FORMATS",
     "PRESETS",
-    "CheckResult",
     "ConvertResult",
     "Format",
+    "ImageCheck",
     "ImageInfo",
     "Layout",
     "Plan",
     "Preset",
     "SizeSpec",
-    "Source",
+    "SourceImage",
     "Target",
     "convert_many",
     "convert_to",

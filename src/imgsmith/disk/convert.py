@@ -30,16 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageError, ImgsmithError, UsageError
+from ..host.files import fsync_dir, fsync_file, partial_dir, sha256_file, write_sha256_file
 from . import delta, gcp, ova, qemuimg
-from .files import fsync_dir, fsync_file, partial_dir, sha256_file, write_sha256_file
-from .formats import Format, get_format, resolve_options, writable_format
+from .formats import Format, resolve_options, writable_format
 from .presets import Layout, Preset, apply_rules, get_preset
 from .sizes import MiB, format_size
 
 __all__ = [
     "ConvertResult",
     "Plan",
-    "Source",
+    "SourceImage",
     "Target",
     "convert_many",
     "convert_to",
@@ -58,7 +58,7 @@ FreeSpace = Callable[[Path], int]
 
 
 @dataclass(frozen=True)
-class Source:
+class SourceImage:
     """A source image whose format is known and whose metadata qemu-img could read."""
 
     path: Path
@@ -88,7 +88,7 @@ class Target:
 class Plan:
     """A checked target: the virtual size to write (after preset rules) and the notes about fixes."""
 
-    source: Source
+    source: SourceImage
     target: Target
     virtual_size: int
     notes: tuple[str, ...] = ()
@@ -119,19 +119,12 @@ class ConvertResult:
                 "patched_bytes": self.patched_bytes, "notes": list(self.notes)}
 
 
-def open_source(path: str | os.PathLike[str], fmt: str | None = None) -> Source:
-    """Read and sanity-check the source; ImageError (exit 2) if it is missing, unreadable or corrupt."""
+def open_source(path: str | os.PathLike[str], fmt: str | None = None) -> SourceImage:
+    """Read and sanity-check the source (:func:`qemuimg.open_image`): ImageError (exit 2) if it is
+    missing, unreadable or corrupt."""
     p = Path(path)
-    fmt = qemuimg.probe_format(p) if fmt is None else get_format(fmt).name
-    info = qemuimg.info(p, fmt)
-    verdict = qemuimg.check(p, fmt)
-    if verdict.supported and not verdict.ok:
-        raise ImageError(f"{p}: corrupt {fmt} image: qemu-img check found {verdict.corruptions} "
-                         f"corruption(s) and {verdict.check_errors} error(s)",
-                         hint=f"inspect it with: qemu-img check -f {fmt} {p}")
-    if verdict.leaks:
-        log.warning("%s: %d leaked cluster(s) (wasted space, no data at risk)", p, verdict.leaks)
-    return Source(p, fmt, info)
+    info = qemuimg.open_image(p, fmt)
+    return SourceImage(p, info.format, info)
 
 
 def make_target(dest: str | os.PathLike[str], *, fmt: str | None = None,
@@ -158,7 +151,7 @@ def default_name(source: Path, target_label: str, extension: str, with_label: bo
     return f"{stem}-{target_label}{extension}" if with_label else f"{stem}{extension}"
 
 
-def _estimate(source: Source, target: Target, virtual_size: int) -> int:
+def _estimate(source: SourceImage, target: Target, virtual_size: int) -> int:
     """Bytes the destination may take while being written.
 
     Fixed and raw outputs take the virtual size; sparse ones at most what the source
@@ -175,7 +168,7 @@ def _estimate(source: Source, target: Target, virtual_size: int) -> int:
     return disk
 
 
-def _check_destination(source: Source, target: Target, force: bool) -> None:
+def _check_destination(source: SourceImage, target: Target, force: bool) -> None:
     dest = target.path
     parent = dest.parent
     if not parent.is_dir():
@@ -210,7 +203,7 @@ def _check_space(plans: Sequence[Plan], free_space: FreeSpace) -> None:
                              f"({need} bytes), {format_size(free)} ({free} bytes) free")
 
 
-def plan(source: Source, targets: Sequence[Target], *, force: bool = False,
+def plan(source: SourceImage, targets: Sequence[Target], *, force: bool = False,
          free_space: FreeSpace = _default_free_space) -> list[Plan]:
     """Check every target before any work; the returned plans carry the notes to show the user."""
     seen: set[Path] = set()

@@ -21,14 +21,13 @@ How each kind is patched (any other format, option or layout is converted in ful
   compresses only the touched ones.
 
 The new content is read through a read-only FUSE export of the final layer
-(:func:`source_view`). The result has the content a full conversion would have (the tests
+(:func:`imgsmith.host.fuse.fuse_view`). The result has the content a full conversion would have (the tests
 compare them with ``qemu-img compare``), not necessarily the same bytes: a compressed
 qcow2 written with ``-W`` is not byte-reproducible in the first place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import json
@@ -44,10 +43,11 @@ from typing import Literal
 
 from .. import proc
 from ..errors import ImageError
+from ..host.fuse import fuse_view
 from . import qemuimg
 from .presets import Layout
 
-__all__ = ["Extent", "Kind", "Update", "apply", "changed_extents", "merge", "patch_kind", "source_view"]
+__all__ = ["Extent", "Kind", "Update", "apply", "changed_extents", "merge", "patch_kind"]
 
 log = logging.getLogger("imgsmith.disk")
 
@@ -132,20 +132,6 @@ def changed_extents(new_top: Path, new_depth: int, old_top: Path, old_depth: int
     return merge(ranges, limit=virtual_size)
 
 
-@contextlib.contextmanager
-def source_view(image: Path, fmt: str = "qcow2") -> Iterator[Path]:
-    """A read-only raw FUSE view of *image*'s content, for as long as the block runs.
-
-    Its daemon and mount are recorded like a chroot session's, so a killed build's are swept
-    by the next one (here, or by the next chroot session).
-    """
-    from ..guest.blockdev import fuse_export
-    from ..guest.rollback import Session, sweep_stale
-    sweep_stale()
-    with Session("outputs").held() as session:
-        yield fuse_export(session, image, fmt, name="source.img", writable=False)
-
-
 @functools.cache
 def _libc() -> ctypes.CDLL:
     libc = ctypes.CDLL(None, use_errno=True)
@@ -221,10 +207,8 @@ def _renew_vhd_footer(path: Path, virtual_size: int) -> None:
 
 
 def _patch_qcow2(dest: Path, update: Update, *, compressed: bool) -> None:
-    from ..guest.blockdev import fuse_export
-    from ..guest.rollback import Session
-    with Session("output-patch").held() as session:
-        export = fuse_export(session, dest, "qcow2", name="target.img", compress=compressed, discard=True)
+    with fuse_view(dest, "qcow2", label="output-patch", name="target.img", writable=True,
+                   compress=compressed, discard=True) as export:
         _patch_file(export, update, per_block=compressed)
     check = qemuimg.check(dest, "qcow2")
     if not check.ok:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 from xml.sax.saxutils import escape, quoteattr
 
-from .files import sha256_file
+from ..host.files import sha256_file
 
 __all__ = ["VirtualMachine", "manifest", "ovf_descriptor", "pack", "safe_name"]
 

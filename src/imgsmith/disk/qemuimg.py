@@ -14,9 +14,6 @@ import logging
 import os
 import re
 import select
-import signal
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +22,11 @@ from typing import Any
 
 from .. import proc
 from ..errors import ImageError, ImgsmithError, ProcessError
+from .formats import get_format
 
 __all__ = [
     "Cancelled",
-    "CheckResult",
+    "ImageCheck",
     "ImageInfo",
     "ProgressFn",
     "Snapshot",
@@ -38,6 +36,7 @@ __all__ = [
     "convert_argv",
     "create_overlay",
     "info",
+    "open_image",
     "probe_format",
     "resize",
 ]
@@ -117,7 +116,7 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
-class CheckResult:
+class ImageCheck:
     """``qemu-img check`` verdict: ``supported`` is False for formats it cannot check (raw, vpc)."""
 
     supported: bool
@@ -163,7 +162,7 @@ def _image_info(nodes: Sequence[Mapping[str, Any]]) -> ImageInfo:
 
 def _require_file(path: Path) -> None:
     if not path.exists():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{path}: no such disk image")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not a disk image")
     if not os.access(path, os.R_OK):
@@ -214,20 +213,44 @@ def probe_format(path: str | os.PathLike[str]) -> str:
     return fmt
 
 
-def check(path: str | os.PathLike[str], fmt: str) -> CheckResult:
+def check(path: str | os.PathLike[str], fmt: str) -> ImageCheck:
     """``qemu-img check``: exit 0 clean, 2 corrupt, 3 leaks only, 63 format not checkable."""
     p = Path(path)
     res = proc.run([QEMU_IMG, "check", "--output=json", "-f", fmt, p], check=False)
     if res.returncode == 63:
-        return CheckResult(supported=False)
+        return ImageCheck(supported=False)
     try:
         data = json.loads(res.stdout) if res.stdout.strip() else {}
     except ValueError:
         data = {}
     if res.returncode == 1 or (res.returncode not in (0, 2, 3)) or not data:
         raise ImageError(f"{p}: not a readable {fmt} image: {_qemu_message(res.stderr)}")
-    return CheckResult(True, int(data.get("corruptions", 0)), int(data.get("leaks", 0)),
+    return ImageCheck(True, int(data.get("corruptions", 0)), int(data.get("leaks", 0)),
                        int(data.get("check-errors", 0)))
+
+
+def open_image(path: str | os.PathLike[str], fmt: str | None = None) -> ImageInfo:
+    """The one way a disk image the user named is opened: it exists and is readable, its format
+    is the one given (or probed, and logged as such), ``qemu-img info`` reads it and ``qemu-img
+    check`` finds no corruption. Every problem is an :class:`ImageError` (exit 2) in one line.
+
+    An explicit ``raw`` for a file that probes as another format is refused: working on a
+    qcow2 container as if it were the disk would corrupt it or produce garbage.
+    """
+    p = Path(path)
+    _require_file(p)
+    name = get_format(fmt).name if fmt else probe_format(p)
+    image = info(p, name)
+    if fmt and name == "raw" and (probed := info(p).format) != "raw":
+        raise ImageError(f"{p}: is {probed}, not raw (drop --format or give --format {probed})")
+    verdict = check(p, name)
+    if verdict.supported and not verdict.ok:
+        raise ImageError(f"{p}: corrupt {name} image: qemu-img check found {verdict.corruptions} "
+                         f"corruption(s) and {verdict.check_errors} error(s)",
+                         hint=f"inspect it with: qemu-img check -f {name} {p} (-r all can try to repair it)")
+    if verdict.leaks:
+        log.warning("%s: %d leaked cluster(s) (wasted space, no data at risk)", p, verdict.leaks)
+    return image
 
 
 def create_overlay(base: str | os.PathLike[str], base_fmt: str, dest: str | os.PathLike[str],
@@ -271,17 +294,7 @@ def convert_argv(src: str | os.PathLike[str], src_fmt: str, dst: str | os.PathLi
     return [*argv, os.fspath(src), os.fspath(dst)]
 
 
-def _stop(p: subprocess.Popen[bytes]) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def _pump(p: subprocess.Popen[bytes], progress: ProgressFn | None, cancel: threading.Event | None) -> None:
+def _pump(p: proc.Spawned, progress: ProgressFn | None, cancel: threading.Event | None) -> None:
     """Read ``-p`` output until qemu-img exits, reporting each new percentage; stop on *cancel*."""
     assert p.stdout is not None
     fd = p.stdout.fileno()
@@ -314,19 +327,8 @@ def convert(src: str | os.PathLike[str], src_fmt: str, dst: str | os.PathLike[st
     *cancel* is set; the caller owns cleaning up *dst*.
     """
     argv = convert_argv(src, src_fmt, dst, fmt, options)
-    with tempfile.TemporaryFile() as err:
-        p = proc.popen(argv, stdout=subprocess.PIPE, stderr=err.fileno())
-        try:
-            _pump(p, progress, cancel)
-            p.wait()
-        finally:
-            _stop(p)
-            if p.stdout is not None:
-                p.stdout.close()
-        if p.returncode != 0:
-            err.seek(0)
-            stderr = err.read().decode("utf-8", "replace")
-            raise ProcessError(proc.failure_message(argv, p.returncode, stderr), argv=argv,
-                               returncode=p.returncode, stderr=stderr)
+    with proc.spawn(argv) as p:
+        _pump(p, progress, cancel)
+        p.wait()
     if progress is not None:
         progress(100.0)

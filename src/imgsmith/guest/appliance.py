@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..boot import accel as accel_mod
 from ..errors import GuestError
+from ..host import accel as accel_mod
 
 __all__ = ["Drive", "launch_count", "open_handle"]
 

@@ -3,8 +3,8 @@
 Two ways, both measured by ``bench/backends``:
 
 * ``fuse`` (default): qemu-storage-daemon exports the image (any format, its whole backing
-  chain, writes going into the top qcow2) as a FUSE file, and a loop device sits on that
-  file. Nothing is copied; this host has no nbd module, so this is the way to get a block
+  chain, writes going into the top qcow2) as a FUSE file (:mod:`imgsmith.host.fuse`), and a
+  loop device sits on that file. Nothing is copied; this host has no nbd module, so this is the way to get a block
   device out of a qcow2 without converting it.
 * ``raw``: ``qemu-img convert`` the image to a sparse raw file, loop it, and on success write
   back only the clusters that differ from the image's backing file (``convert -B``).
@@ -24,9 +24,11 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import GuestError, ProcessError
-from .rollback import Session
+from ..host.files import fsync_dir, fsync_file
+from ..host.fuse import fuse_export
+from ..host.rollback import Session
 
-__all__ = ["METHODS", "BlockDevice", "Partition", "expose", "fuse_export"]
+__all__ = ["METHODS", "BlockDevice", "Partition", "expose"]
 
 log = logging.getLogger("imgsmith.guest")
 
@@ -66,49 +68,11 @@ class BlockDevice:
             argv += ["-B", backing, "-F", info.get("backing-filename-format", "qcow2")]
         try:
             proc.run([*argv, self.raw, tmp])
+            fsync_file(tmp)
             tmp.replace(self.image)
+            fsync_dir(self.image.parent)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def _qemu_opt(value: str | os.PathLike[str]) -> str:
-    return os.fspath(value).replace(",", ",,")  # qemu's option syntax doubles commas in values
-
-
-def fuse_export(session: Session, image: Path, fmt: str, *, name: str = "disk.img", writable: bool = True,
-                compress: bool = False, discard: bool = False) -> Path:
-    """Export *image* (its whole backing chain) as a raw FUSE file in the session directory.
-
-    *compress* puts qemu's compress filter under the export so every write becomes a
-    compressed cluster (qcow2 only; writes must then be whole, aligned clusters); with
-    *discard*, a hole punched in the FUSE file frees the clusters it covers (they read as zeros).
-    """
-    export = session.dir / name
-    export.touch()
-    session.push("path", str(export))
-    pidfile = session.dir / f"{name}.pid"
-    session.push("fuse", str(export))
-    ro = "" if writable else ",read-only=on"
-    unmap = ",discard=unmap" if discard else ""
-    nodes = ["--blockdev", f"driver=file,filename={_qemu_opt(image.resolve())},node-name=file{ro}{unmap}",
-             "--blockdev", f"driver={fmt},file=file,node-name=fmt{ro}{unmap}"]
-    if compress:
-        nodes += ["--blockdev", f"driver=compress,file=fmt,node-name=top{unmap}"]
-    top = "top" if compress else "fmt"
-    try:
-        proc.run([
-            "qemu-storage-daemon", *nodes,
-            "--export", f"type=fuse,id=exp,node-name={top},mountpoint={_qemu_opt(export)},"
-                        f"writable={'on' if writable else 'off'}",
-            "--daemonize", "--pidfile", pidfile,
-        ])
-    except ProcessError as exc:
-        raise GuestError(f"could not export {image} with qemu-storage-daemon: {exc.message}",
-                         hint="the chroot backend needs FUSE (/dev/fuse, the fuse module); "
-                              "try IMGSMITH_CHROOT_EXPOSE=raw or --backend appliance") from None
-    session.push("daemon", pidfile.read_text().strip())
-    pidfile.unlink(missing_ok=True)
-    return export
 
 
 def _raw_copy(session: Session, image: Path, fmt: str, workdir: Path) -> Path:

@@ -28,9 +28,9 @@ from typing import TypeVar
 
 from .. import proc
 from ..errors import GuestError, ProcessError
+from ..host.rollback import Session
 from .api import Guest, OSInfo, Stat
 from .blockdev import BlockDevice, Partition
-from .rollback import Session
 from .sandbox import bwrap_argv, guarded_files
 
 __all__ = ["ChrootGuest", "ChrootUnsupported", "resolve_in_root"]

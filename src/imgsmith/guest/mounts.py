@@ -17,9 +17,9 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import GuestError, ProcessError
+from ..host.rollback import Session
 from .blockdev import BlockDevice, Partition
 from .chroot import ChrootGuest, ChrootUnsupported, resolve_in_root
-from .rollback import Session
 from .treeinspect import choose_root, fstab_entries, inspect_tree, looks_like_root
 
 __all__ = ["mount_guest"]

@@ -76,9 +76,9 @@ def _appliance(disk: Path, fmt: str, options: SessionOptions) -> Iterator[Guest]
 
 @contextlib.contextmanager
 def _chroot(disk: Path, fmt: str, options: SessionOptions) -> Iterator[Guest]:
+    from ..host.rollback import Session, sweep_stale
     from .blockdev import expose
     from .mounts import mount_guest
-    from .rollback import Session, sweep_stale
 
     sweep_stale()
     session = Session(f"chroot {disk}")

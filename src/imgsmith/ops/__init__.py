@@ -1,8 +1,8 @@
-"""Customize operations: importing this package fills :data:`REGISTRY` with every operation."""
+"""Customize operations: importing this package fills :data:`CUSTOMIZE_OPERATIONS` with every operation."""
 
 from . import accounts, commands, files, firstboot, packages, repos, system
-from .base import REGISTRY, ApplyContext, Operation, ParseContext, Phase, Settings
+from .base import CUSTOMIZE_OPERATIONS, ApplyContext, CustomizePhase, Operation, ParseContext, Settings
 
-__all__ = ["REGISTRY", "ApplyContext", "Operation", "ParseContext", "Phase", "Settings"]
+__all__ = ["CUSTOMIZE_OPERATIONS", "ApplyContext", "CustomizePhase", "Operation", "ParseContext", "Settings"]
 
 _MODULES = (accounts, commands, files, firstboot, packages, repos, system)

@@ -10,7 +10,7 @@ from typing import Any, Self
 
 from ..errors import GuestError, UsageError
 from ..guest.api import Guest, OSInfo
-from .base import ApplyContext, Operation, ParseContext, Phase, Secret, split_colon
+from .base import ApplyContext, CustomizePhase, Operation, ParseContext, Secret, split_colon
 from .crypto import hash_password, is_hashed
 
 __all__ = ["Password", "PasswordSelector", "RootPassword", "SshInject", "default_crypto"]
@@ -123,7 +123,7 @@ class Password(Operation):
     metavar = "USER:SELECTOR"
     help = ("Set USER's password; SELECTOR is password:PASS, file:FILE, random, disabled, "
             "locked[:SELECTOR] or hashed:HASH (applied after all other operations)")
-    phase = Phase.PASSWORDS
+    phase = CustomizePhase.PASSWORDS
     secret = True
     user: str
     selector: PasswordSelector
@@ -152,7 +152,7 @@ class RootPassword(Operation):
     name = "root-password"
     metavar = "SELECTOR"
     help = "Set root's password (same selectors as --password)"
-    phase = Phase.PASSWORDS
+    phase = CustomizePhase.PASSWORDS
     secret = True
     selector: PasswordSelector
 

@@ -4,7 +4,7 @@ Each operation declares its option name and argument syntax (``metavar``), a hel
 line, the phase it runs in, how to parse the virt-customize argument string and the
 YAML value, what host files it reads (for validation and cache keys), a redacted
 description, and ``apply`` against the Guest API. Registration is explicit through
-``__init_subclass__``: defining the class with a ``name`` adds it to ``REGISTRY``.
+``__init_subclass__``: defining the class with a ``name`` adds it to ``CUSTOMIZE_OPERATIONS``.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from ..errors import UsageError
 from ..guest.api import Guest
 
 __all__ = [
-    "REGISTRY",
+    "CUSTOMIZE_OPERATIONS",
     "ApplyContext",
+    "CustomizePhase",
     "Operation",
     "ParseContext",
-    "Phase",
     "Secret",
     "Settings",
     "split_colon",
 ]
 
 
-class Phase(IntEnum):
+class CustomizePhase(IntEnum):
     """virt-customize applies passwords after every other operation and relabels SELinux last."""
 
     NORMAL = 0
@@ -116,7 +116,7 @@ def split_colon(arg: str, option: str, metavar: str) -> tuple[str, str]:
     return head, tail
 
 
-REGISTRY: dict[str, type[Operation]] = {}
+CUSTOMIZE_OPERATIONS: dict[str, type[Operation]] = {}
 
 
 class Operation(ABC):
@@ -125,16 +125,16 @@ class Operation(ABC):
     name: ClassVar[str]
     metavar: ClassVar[str | None] = None  # None: a flag that takes no argument
     help: ClassVar[str] = ""
-    phase: ClassVar[Phase] = Phase.NORMAL
+    phase: ClassVar[CustomizePhase] = CustomizePhase.NORMAL
     secret: ClassVar[bool] = False  # True: the argument must never be shown
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         name = cls.__dict__.get("name")
         if name:
-            if name in REGISTRY:
+            if name in CUSTOMIZE_OPERATIONS:
                 raise TypeError(f"operation {name!r} registered twice")
-            REGISTRY[name] = cls
+            CUSTOMIZE_OPERATIONS[name] = cls
 
     @classmethod
     @abstractmethod

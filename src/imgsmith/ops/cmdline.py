@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .base import REGISTRY, Operation, ParseContext
+from .base import CUSTOMIZE_OPERATIONS, Operation, ParseContext
 
 __all__ = ["add_operation_arguments", "parse_commands_file", "parse_operations", "split_logical_lines"]
 
@@ -36,10 +36,10 @@ def add_operation_arguments(parser: argparse.ArgumentParser, *, exclude: Sequenc
         "customization operations",
         "Applied in the order given, except that passwords are set after everything else and "
         "SELinux relabelling runs last (as virt-customize does).")
-    for name in sorted(REGISTRY):
+    for name in sorted(CUSTOMIZE_OPERATIONS):
         if name in exclude:
             continue
-        cls = REGISTRY[name]
+        cls = CUSTOMIZE_OPERATIONS[name]
         if cls.metavar is None:
             group.add_argument(f"--{name}", dest=name, action=_OpAction, nargs=0, help=cls.help)
         else:
@@ -103,7 +103,7 @@ def parse_commands_file(path: Path) -> list[tuple[str, str]]:
         where = f"{path}:{lineno}"
         if name == COMMANDS_FROM_FILE:
             raise UsageError(f"{where}: commands-from-file cannot be nested")
-        cls = REGISTRY.get(name)
+        cls = CUSTOMIZE_OPERATIONS.get(name)
         if cls is None:
             raise UsageError(f"{where}: unknown operation {name!r}")
         pairs.append((name, "" if cls.metavar is None else arg))
@@ -119,7 +119,7 @@ def parse_operations(raw: Sequence[tuple[str, str]], ctx: ParseContext) -> list[
             file_ctx = ParseContext(base_dir=ctx.base_dir, check_files=ctx.check_files, origin=str(path))
             ops.extend(parse_operations(parse_commands_file(path), file_ctx))
             continue
-        cls = REGISTRY[name]
+        cls = CUSTOMIZE_OPERATIONS[name]
         try:
             ops.append(cls.parse(arg, ctx))
         except UsageError as exc:

@@ -8,7 +8,7 @@ from typing import Self
 
 from ..errors import GuestError, UsageError
 from ..guest.api import Guest
-from .base import ApplyContext, Operation, ParseContext, Phase
+from .base import ApplyContext, CustomizePhase, Operation, ParseContext
 
 __all__ = ["RELABEL_STATE", "Hostname", "SelinuxRelabel", "Timezone", "is_selinux_guest", "relabel"]
 
@@ -177,7 +177,7 @@ class SelinuxRelabel(Operation):
 
     name = "selinux-relabel"
     help = "Relabel files with the right SELinux labels (automatic for SELinux guests; kept for compatibility)"
-    phase = Phase.RELABEL
+    phase = CustomizePhase.RELABEL
 
     @classmethod
     def parse(cls, arg: str, ctx: ParseContext) -> Self:

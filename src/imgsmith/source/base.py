@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..cache.store import file_lock
 from ..disk import qemuimg
 from ..errors import ChecksumError, ImageError, ImgsmithError, UsageError
+from ..host.files import atomic_write, file_lock, fsync_dir, fsync_file
 from .checksum import Checksum, file_digest, parse_inline, parse_sums
 from .fetch import check_url, download, fetch_text, redact_url
 
@@ -93,8 +93,8 @@ def _image_format(path: Path, fmt: str | None, *, trusted_backing: bool) -> str:
     A qcow2 from the network with a backing file would make qemu read a host path of
     the publisher's choosing into our image.
     """
-    fmt = fmt or qemuimg.probe_format(path)
-    info = qemuimg.info(path, fmt)
+    info = qemuimg.open_image(path, fmt)
+    fmt = info.format
     if info.backing_filename and not trusted_backing:
         raise ImageError(f"{path}: the downloaded image has a backing file ({info.backing_filename}); "
                          "refusing to use it")
@@ -109,7 +109,7 @@ def resolve_file(path: Path, checksum: Checksum | str | None, *, fmt: str | None
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ImageError(f"{p}: no such file" if not p.exists() else f"{p}: not a regular file")
+        raise ImageError(f"{p}: no such disk image" if not p.exists() else f"{p}: not a regular file")
     p = p.resolve()
     expected = _as_checksum(checksum)
     algo = expected.algo if expected else "sha256"
@@ -165,14 +165,6 @@ def _cached_file(entry: Path) -> Path | None:
     return found if found.is_file() else None
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fetch_into_cache(url: str, expected: Checksum, name: str, entry: Path, *,
                       progress: BaseProgress | None, opener: urllib.request.OpenerDirector | None,
                       sleep: Callable[[float], None]) -> Path:
@@ -204,13 +196,12 @@ def _fetch_into_cache(url: str, expected: Checksum, name: str, entry: Path, *,
     if entry.exists():  # an entry without a usable meta.json (damaged by hand): we hold its lock
         shutil.rmtree(entry)
     os.chmod(target, 0o444)  # layers back onto it: guard against accidental writes
-    _fsync(target)
+    fsync_file(target)
     meta = {"origin": shown, "filename": name, "checksum": str(expected), "fetched": time.time(),
             "size": target.stat().st_size}
-    (tmp / _META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    _fsync(tmp)
+    atomic_write(tmp / _META, json.dumps(meta, indent=2) + "\n")  # fsyncs tmp's entries too
     os.rename(tmp, entry)
-    _fsync(entry.parent)
+    fsync_dir(entry.parent)
     log.info("cached %s as %s", shown, entry / name)
     return entry / name
 

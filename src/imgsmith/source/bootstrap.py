@@ -22,9 +22,7 @@ Root is required (loop devices, mounts, chroot).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import logging
@@ -32,11 +30,9 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,7 +41,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from .. import __version__, proc
 from ..disk.sizes import MiB, parse_size
-from ..errors import ProcessError, UsageError
+from ..errors import UsageError
+from ..host.files import atomic_write, file_lock, fsync_dir, fsync_file
 from ..paths import cache_root
 from . import mirror as mirror_mod
 from . import partition, rootfs
@@ -260,47 +257,21 @@ def _check_host(profile: DistroProfile) -> None:
                          hint=f"apt-get install {profile.keyring_package}")
 
 
-@contextlib.contextmanager
-def _locked(path: Path, progress: Progress) -> Iterator[None]:
-    """One builder per cache entry; the others wait, then find the entry built."""
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress("waiting for another build of the same image to finish")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+MMDEBSTRAP_GRACE = 60.0
+"""Seconds an interrupted mmdebstrap gets for its own cleanup (it unmounts what it mounted)."""
 
 
 def _run_mmdebstrap(argv: list[str], progress: Progress) -> None:
     """Stream mmdebstrap's "I:" lines to *progress*; a failure carries the last lines of its output."""
-    tail: deque[str] = deque(maxlen=30)
-    p = proc.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert p.stdout is not None
-    try:
-        with p.stdout:
-            for raw in p.stdout:
-                line = raw.decode("utf-8", "replace").rstrip()
-                tail.append(line)
-                log.debug("mmdebstrap: %s", line)
-                if line.startswith(("I: ", "E: ", "W: ")):
-                    progress(f"mmdebstrap: {line[3:]}")
+    with proc.spawn(argv, merge_stderr=True, grace=MMDEBSTRAP_GRACE) as p:
+        assert p.stdout is not None
+        for raw in p.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            p.tail.append(line)
+            log.debug("mmdebstrap: %s", line)
+            if line.startswith(("I: ", "E: ", "W: ")):
+                progress(f"mmdebstrap: {line[3:]}")
         p.wait()
-    except BaseException:
-        # Interrupted: let mmdebstrap run its own cleanup (it unmounts what it mounted).
-        p.terminate()
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        raise
-    if p.returncode != 0:
-        raise ProcessError(proc.failure_message(argv, p.returncode, "\n".join(tail)), argv=argv,
-                           returncode=p.returncode, stderr="\n".join(tail))
 
 
 def _build(spec: BootstrapSpec, profile: DistroProfile, sources: Sources, work: Path, progress: Progress) -> Path:
@@ -338,10 +309,10 @@ def _build(spec: BootstrapSpec, profile: DistroProfile, sources: Sources, work: 
 def _publish(built: Path, dest: Path, metadata: dict[str, Any]) -> None:
     """Metadata first, image last: the image's presence is what marks a complete entry."""
     meta = dest.with_suffix(".json")
-    tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
-    tmp_meta.write_text(json.dumps(metadata, indent=2, sort_keys=True), encoding="utf-8")
-    tmp_meta.replace(meta)
+    atomic_write(meta, json.dumps(metadata, indent=2, sort_keys=True))
+    fsync_file(built)
     built.replace(dest)
+    fsync_dir(dest.parent)
 
 
 def planned_name(spec: BootstrapSpec) -> str:
@@ -369,7 +340,8 @@ def bootstrap_image(spec: BootstrapSpec, *, cache_dir: Path | None = None,
         say(f"cached: {dest}")
         return dest
     _check_host(profile)  # only a build needs root and the tools; a cached image does not
-    with _locked(store / f".{name}.lock", say):
+    waiting = "waiting for another build of the same image to finish"
+    with file_lock(store / f".{name}.lock", on_wait=lambda: say(waiting)):
         if dest.exists():
             say(f"built meanwhile by another process: {dest}")
             return dest

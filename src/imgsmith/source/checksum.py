@@ -16,7 +16,6 @@ from the BSD tag, or from the length of the hex digest for GNU lines.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ChecksumError, UsageError
+from ..host import files
 
 __all__ = ["ALGORITHMS", "Checksum", "file_digest", "parse_inline", "parse_sums"]
 
@@ -34,7 +34,6 @@ _BY_LENGTH = {length: algo for algo, length in ALGORITHMS.items()}
 _HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
 _GNU_RE = re.compile(r"^\\?(?P<hash>[0-9a-fA-F]{32,128})[ \t]+\*?(?P<name>.+)$")
 _BSD_RE = re.compile(r"^\\?(?P<tag>[A-Za-z0-9-]+) ?\((?P<name>.+)\) ?= ?(?P<hash>[0-9a-fA-F]+)$")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -133,16 +132,15 @@ def parse_sums(text: str, filename: str, *, source: str = "the SUMS file") -> Ch
 
 
 def file_digest(path: Path, algo: str, progress: Callable[[int, int], None] | None = None) -> str:
-    """Hex digest of *path* with *algo*, read in 1 MiB chunks; *progress* gets (bytes done, total)."""
+    """Hex digest of *path* with a checksum algorithm a user named; *progress* gets (bytes done, total)."""
     if algo not in ALGORITHMS:
         raise UsageError(f"unknown checksum algorithm {algo!r} (use one of {', '.join(ALGORITHMS)})")
-    h = hashlib.new(algo, usedforsecurity=algo not in ("md5", "sha1"))
     total = os.stat(path).st_size
-    done = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
-    return h.hexdigest()
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], total)
+
+    return files.file_digest(path, algo, step)

@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .. import __version__
 from ..errors import ImgsmithError, UsageError
+from ..host.files import fsync_dir, fsync_file
 
 __all__ = ["DownloadError", "ProgressFn", "check_url", "download", "fetch_text", "redact_url"]
 
@@ -267,7 +268,9 @@ def download(url: str, dest: Path, *, progress: ProgressFn | None = None, timeou
 
     log.info("downloading %s", shown)
     _retrying(shown, attempt, progressed, retries=retries, sleep=sleep)
+    fsync_file(part)
     os.replace(part, dest)
+    fsync_dir(dest.parent)
     return dest
 
 

@@ -1,24 +1,23 @@
 """Sysprep operations: virt-sysprep's 43 operations (same names, same default set) plus three.
 
-Importing this package fills :data:`REGISTRY`. The additions, all in the default set
+Importing this package fills :data:`SYSPREP_OPERATIONS`. The additions, all in the default set
 as in newer guestfs-tools or by imgsmith's choice: ``lvm-system-devices``,
 ``zsh-history`` and ``cloud-init``. See docs/sysprep.md for each operation's effect.
 """
 
 from . import accounts, devices, files, identity, logs, network, packages, services, steps
-from .base import REGISTRY, Phase, SysprepContext, SysprepOperation, SysprepOptions
-from .run import OperationReport, SysprepReport, SysprepResult, apply_sysprep, check_options, sysprep_disk
+from .base import SYSPREP_OPERATIONS, SysprepContext, SysprepOperation, SysprepOptions, SysprepPhase
+from .run import OperationReport, SysprepReport, apply_sysprep, check_options, sysprep_disk
 from .select import default_names, execution_order, resolve_flags, resolve_selection
 
 __all__ = [
-    "REGISTRY",
+    "SYSPREP_OPERATIONS",
     "OperationReport",
-    "Phase",
     "SysprepContext",
     "SysprepOperation",
     "SysprepOptions",
+    "SysprepPhase",
     "SysprepReport",
-    "SysprepResult",
     "apply_sysprep",
     "check_options",
     "default_names",
@@ -35,4 +34,4 @@ _MODULES = (accounts, devices, files, identity, logs, network, packages, service
 def list_operations() -> list[str]:
     """``--list-operations`` lines, virt-sysprep's format: ``name * heading`` (blank instead of ``*``
     for operations outside the default set), sorted by name."""
-    return [f"{name} {'*' if cls.default else ' '} {cls.heading}" for name, cls in sorted(REGISTRY.items())]
+    return [f"{name} {'*' if cls.default else ' '} {cls.heading}" for name, cls in sorted(SYSPREP_OPERATIONS.items())]

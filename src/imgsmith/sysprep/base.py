@@ -5,7 +5,7 @@ Each operation declares its virt-sysprep name, whether it is in the default set,
 ``customize`` with order 99 runs last), the one-line heading ``--list-operations``
 prints, the phase it runs in, and ``apply(ctx)`` against the Guest API, returning the
 guest paths it removed or changed (for ``-v`` and ``--json``). Registration is explicit:
-defining a class with a ``name`` adds it to :data:`REGISTRY`.
+defining a class with a ``name`` adds it to :data:`SYSPREP_OPERATIONS`.
 
 The helpers at the end of this module are the few removal patterns virt-sysprep's
 operations share ("everything a glob matches", "only the regular files below a
@@ -26,11 +26,11 @@ from ..guest.api import Guest, OSInfo
 from ..ops.base import ApplyContext, Operation
 
 __all__ = [
-    "REGISTRY",
-    "Phase",
+    "SYSPREP_OPERATIONS",
     "SysprepContext",
     "SysprepOperation",
     "SysprepOptions",
+    "SysprepPhase",
     "remove_files",
     "remove_globs",
     "remove_non_dirs",
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 
-class Phase(IntEnum):
+class SysprepPhase(IntEnum):
     """virt-sysprep runs filesystem operations with the guest mounted, then device operations unmounted."""
 
     FILESYSTEMS = 0
@@ -79,7 +79,7 @@ class SysprepContext:
         self.run.warn(text)
 
 
-REGISTRY: dict[str, type[SysprepOperation]] = {}
+SYSPREP_OPERATIONS: dict[str, type[SysprepOperation]] = {}
 
 
 class SysprepOperation(ABC):
@@ -89,7 +89,7 @@ class SysprepOperation(ABC):
     heading: ClassVar[str]
     default: ClassVar[bool] = True
     order: ClassVar[int] = 0
-    phase: ClassVar[Phase] = Phase.FILESYSTEMS
+    phase: ClassVar[SysprepPhase] = SysprepPhase.FILESYSTEMS
     upstream: ClassVar[bool] = True  # False: an imgsmith addition not in virt-sysprep 1.48
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -97,12 +97,12 @@ class SysprepOperation(ABC):
         name = cls.__dict__.get("name")
         if not name:
             return
-        if name in REGISTRY:
+        if name in SYSPREP_OPERATIONS:
             raise TypeError(f"sysprep operation {name!r} registered twice")
         heading = cls.__dict__.get("heading", "")
         if not heading or heading.endswith((".", "\n")):
             raise TypeError(f"sysprep operation {name!r}: heading must be one line without a final period")
-        REGISTRY[name] = cls
+        SYSPREP_OPERATIONS[name] = cls
 
     @classmethod
     def sort_key(cls) -> tuple[int, int, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import GuestError
-from .base import Phase, SysprepContext, SysprepOperation
+from .base import SysprepContext, SysprepOperation, SysprepPhase
 
 __all__ = ["FsUuids", "LvmUuids"]
 
@@ -21,7 +21,7 @@ class FsUuids(SysprepOperation):
     name = "fs-uuids"
     heading = "Change filesystem UUIDs"
     default = False
-    phase = Phase.DEVICES
+    phase = SysprepPhase.DEVICES
 
     def apply(self, ctx: SysprepContext) -> list[str]:
         changed: list[str] = []
@@ -41,7 +41,7 @@ class LvmUuids(SysprepOperation):
 
     name = "lvm-uuids"
     heading = "Change LVM2 PV and VG UUIDs"
-    phase = Phase.DEVICES
+    phase = SysprepPhase.DEVICES
 
     def apply(self, ctx: SysprepContext) -> list[str]:
         if ctx.os.type != "linux":

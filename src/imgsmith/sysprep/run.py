@@ -2,7 +2,7 @@
 
 :func:`apply_sysprep` works on an already-open Guest, so the build pipeline can run
 sysprep in the same appliance launch as its last layer. :func:`sysprep_disk` wraps it
-in :func:`imgsmith.customize.modify_disk`: one launch, an overlay, a commit only when
+in :func:`imgsmith.transaction.apply_to_disk`: one launch, an overlay, a commit only when
 every operation succeeded. Neither prints; messages go to the callbacks.
 """
 
@@ -13,17 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..customize import apply_to_disk
 from ..errors import GuestError, OperationError, UsageError
-from ..guest.api import OSInfo
 from ..guest.session import SessionOptions
 from ..ops.base import ApplyContext, Operation, Settings
-from .base import REGISTRY, Phase, SysprepContext, SysprepOptions
+from ..transaction import DiskResult, apply_to_disk
+from .base import SYSPREP_OPERATIONS, SysprepContext, SysprepOptions, SysprepPhase
 from .identity import UPDATE_CA_STORE
 from .select import execution_order, resolve_selection
 from .steps import RELABEL
 
-__all__ = ["OperationReport", "SysprepReport", "SysprepResult", "apply_sysprep", "check_options", "sysprep_disk"]
+__all__ = ["OperationReport", "SysprepReport", "apply_sysprep", "check_options", "sysprep_disk"]
 
 log = logging.getLogger("imgsmith.sysprep")
 
@@ -42,23 +41,6 @@ class SysprepReport:
 
     operations: list[OperationReport] = field(default_factory=list)
     relabel: str | None = None
-
-
-@dataclass
-class SysprepResult:
-    """What :func:`sysprep_disk` did: the report plus the facts every command reports."""
-
-    disk: Path
-    format: str
-    os: OSInfo | None
-    operations: list[OperationReport]
-    committed: bool
-    accelerator: str
-    launches: int
-    seconds: float
-    relabel: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    backend: str = "appliance"
 
 
 def check_options(selected: Sequence[str], customize_ops: Sequence[Operation], options: SysprepOptions) -> None:
@@ -96,7 +78,7 @@ def _update_ca_store(ctx: SysprepContext) -> None:
 def _run_one(ctx: SysprepContext, position: int, name: str) -> OperationReport:
     ctx.message(f"Performing \"{name}\" ...")
     try:
-        changed = REGISTRY[name]().apply(ctx)
+        changed = SYSPREP_OPERATIONS[name]().apply(ctx)
     except GuestError as exc:
         raise OperationError(position, f"sysprep {name}", exc.message) from exc
     for path in changed:
@@ -112,7 +94,7 @@ def apply_sysprep(ctx: ApplyContext, selected_ops: Sequence[str], customize_ops:
     operation (fs-uuids, lvm-uuids) is selected, the guest is unmounted and those run:
     with device operations this must be the last thing done with the guest.
     """
-    unknown = [n for n in selected_ops if n not in REGISTRY]
+    unknown = [n for n in selected_ops if n not in SYSPREP_OPERATIONS]
     if unknown:
         raise UsageError(f"unknown sysprep operation '{unknown[0]}' (see --list-operations)")
     check_options(selected_ops, customize_ops, options)
@@ -121,7 +103,7 @@ def apply_sysprep(ctx: ApplyContext, selected_ops: Sequence[str], customize_ops:
     ordered = execution_order(selected_ops)
     devices_started = False
     for position, name in enumerate(ordered, 1):
-        if REGISTRY[name].phase == Phase.DEVICES and not devices_started:
+        if SYSPREP_OPERATIONS[name].phase == SysprepPhase.DEVICES and not devices_started:
             devices_started = True
             if sctx.facts.get(UPDATE_CA_STORE):
                 _update_ca_store(sctx)
@@ -146,7 +128,7 @@ def sysprep_disk(
     message: Callable[[str], None] = lambda _m: None,
     warn: Callable[[str], None] = lambda _m: None,
     output: Callable[[str], None] = print,
-) -> SysprepResult:
+) -> DiskResult[OperationReport]:
     """Sysprep *disk* transactionally: on any error (or with ``settings.dry_run``) it is unchanged.
 
     *selection* is virt-sysprep's list syntax (a string, or a list of strings as repeated
@@ -155,10 +137,9 @@ def sysprep_disk(
     """
     names = resolve_selection(selection) if selection is not None else resolve_selection("defaults")
     check_options(names, customize_ops, options)
-    done, warnings = apply_to_disk(disk, lambda ctx: apply_sysprep(ctx, names, customize_ops, options), fmt=fmt,
-                                   settings=settings, session=session, message=message, warn=warn, output=output)
-    return SysprepResult(
-        disk=disk, format=done.format, os=done.os, operations=done.value.operations, committed=done.committed,
-        accelerator=done.accelerator, launches=done.launches, seconds=done.seconds, relabel=done.value.relabel,
-        warnings=warnings, backend=done.backend,
-    )
+    def apply(ctx: ApplyContext) -> tuple[list[OperationReport], str | None]:
+        report = apply_sysprep(ctx, names, customize_ops, options)
+        return report.operations, report.relabel
+
+    return apply_to_disk(disk, apply, fmt=fmt, settings=settings, session=session, message=message, warn=warn,
+                         output=output)

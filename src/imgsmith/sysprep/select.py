@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from ..errors import UsageError
-from .base import REGISTRY
+from .base import SYSPREP_OPERATIONS
 
 __all__ = ["default_names", "execution_order", "resolve_flags", "resolve_selection"]
 
@@ -28,16 +28,16 @@ ALL, DEFAULTS = "all", "defaults"
 
 def default_names() -> list[str]:
     """The default set, in execution order."""
-    return execution_order(name for name, cls in REGISTRY.items() if cls.default)
+    return execution_order(name for name, cls in SYSPREP_OPERATIONS.items() if cls.default)
 
 
 def execution_order(names: Iterable[str]) -> list[str]:
     """*names* sorted as they run: filesystem phase, then device phase; each by order, then name."""
-    return sorted(set(names), key=lambda n: REGISTRY[n].sort_key())
+    return sorted(set(names), key=lambda n: SYSPREP_OPERATIONS[n].sort_key())
 
 
 def _unknown(flag: str, name: str) -> UsageError:
-    close = difflib.get_close_matches(name, [*REGISTRY, ALL, DEFAULTS], n=1)
+    close = difflib.get_close_matches(name, [*SYSPREP_OPERATIONS, ALL, DEFAULTS], n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     return UsageError(f"{flag}: unknown operation '{name}' ({hint}see --list-operations)")
 
@@ -53,11 +53,11 @@ def _apply_item(selected: set[str], item: str, flag: str, whole: str) -> set[str
         raise UsageError(f"{flag}: '{raw}' is not an operation name "
                          "(write NAME to add one, -NAME to remove one; see --list-operations)")
     if name == ALL:
-        return set() if remove else set(REGISTRY)
+        return set() if remove else set(SYSPREP_OPERATIONS)
     if name == DEFAULTS:
-        defaults = {n for n, cls in REGISTRY.items() if cls.default}
+        defaults = {n for n, cls in SYSPREP_OPERATIONS.items() if cls.default}
         return selected - defaults if remove else selected | defaults
-    if name not in REGISTRY:
+    if name not in SYSPREP_OPERATIONS:
         raise _unknown(flag, name)
     return selected - {name} if remove else selected | {name}
 

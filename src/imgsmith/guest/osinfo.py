@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..guest.appliance import Drive, open_handle
+from .appliance import Drive, open_handle
 
 __all__ = ["GuestOS", "inspect_image"]
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import GuestError, ImageError, UsageError
-from ..guest.appliance import Drive, open_handle
-from . import qemuimg
-from .files import partial_dir
-from .formats import get_format
-from .sizes import MiB, SizeSpec, format_size, round_up
+from ..disk import qemuimg
+from ..disk.sizes import MiB, SizeSpec, format_size, round_up
+from ..errors import GuestError, UsageError
+from ..host.files import partial_dir
+from .appliance import Drive, open_handle
 
 __all__ = ["GuestGrowth", "ResizeResult", "grow_in_guest", "resize_disk", "target_size"]
 
@@ -185,15 +184,10 @@ def grow_in_guest(g: Any, device: str = "/dev/sda") -> GuestGrowth:
 
 
 def _open_resizable(path: Path, fmt: str | None) -> qemuimg.ImageInfo:
-    fmt_name = get_format(fmt).name if fmt else qemuimg.probe_format(path)
-    if fmt_name not in RESIZABLE:
-        raise UsageError(f"cannot resize a {fmt_name} image (only {', '.join(RESIZABLE)}); "
+    info = qemuimg.open_image(path, fmt)
+    if info.format not in RESIZABLE:
+        raise UsageError(f"cannot resize a {info.format} image (only {', '.join(RESIZABLE)}); "
                          f"convert it to qcow2 first")
-    info = qemuimg.info(path, fmt_name)
-    verdict = qemuimg.check(path, fmt_name)
-    if verdict.supported and not verdict.ok:
-        raise ImageError(f"{path}: corrupt {fmt_name} image: qemu-img check found {verdict.corruptions} "
-                         f"corruption(s)")
     if info.snapshots:
         raise UsageError(f"{path} has internal snapshots; resizing it would invalidate them")
     return info

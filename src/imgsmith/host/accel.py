@@ -9,18 +9,19 @@ costs its few seconds once.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import os
 import select
-import signal
-import subprocess
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from .. import proc
 from ..paths import cache_root
+from .files import atomic_write, file_lock
 
 __all__ = ["Accelerator", "apply_to_environ", "detect", "libguestfs_env", "probe_kvm"]
 
@@ -78,10 +79,9 @@ def probe_kvm(timeout: float = PROBE_TIMEOUT) -> Accelerator:
             "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", kernel,
             "-append", "console=ttyS0 panic=-1 earlyprintk=serial"]
     start = time.monotonic()
-    p = proc.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert p.stdout is not None
     seen = b""
-    try:
+    with proc.spawn(argv, merge_stderr=True, grace=2.0, check=False) as p:
+        assert p.stdout is not None
         while time.monotonic() - start < timeout:
             ready, _, _ = select.select([p.stdout], [], [], 0.2)
             if ready:
@@ -94,14 +94,9 @@ def probe_kvm(timeout: float = PROBE_TIMEOUT) -> Accelerator:
                     return Accelerator("kvm", f"a test guest booted under KVM in {took:.1f} s", took)
             elif p.poll() is not None:
                 break
-    finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-        p.wait()
-        p.stdout.close()
     took = time.monotonic() - start
     tail = seen.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-    if p.returncode not in (None, 0, -9) and took < timeout:
+    if not p.stopped and p.returncode not in (None, 0) and took < timeout:
         why = f"qemu with KVM exited with status {p.returncode}: {tail[0][:160]}"
     else:
         why = f"a test guest under KVM showed no kernel output within {timeout:.0f} s"
@@ -113,26 +108,34 @@ def detect(*, refresh: bool = False) -> Accelerator:
     forced = os.environ.get("IMGSMITH_ACCEL")
     if forced in ("kvm", "tcg"):
         return Accelerator(forced, "forced by IMGSMITH_ACCEL")
-    kernel = _host_kernel()
-    key = _cache_key(kernel)
+    key = _cache_key(_host_kernel())
     path = cache_root() / "accel.json"
-    if not refresh:
+    if not refresh and (cached := _cached(path, key)) is not None:
+        return cached
+    # One probe at a time: parallel builds starting together would each boot a test guest.
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(OSError):  # a read-only cache: probe unlocked, as before
+            stack.enter_context(file_lock(cache_root() / "accel.lock"))
+        if not refresh and (cached := _cached(path, key)) is not None:
+            return cached
+        verdict = probe_kvm()
+        log.info("accelerator: %s (%s)", verdict.name, verdict.reason)
         try:
-            data = json.loads(path.read_text())
-            if data.get("key") == key:
-                return Accelerator(data["name"], data["reason"], data.get("probe_seconds", 0.0), cached=True)
-        except (OSError, ValueError, KeyError):
-            pass
-    verdict = probe_kvm()
-    log.info("accelerator: %s (%s)", verdict.name, verdict.reason)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, **asdict(verdict)}))
-        tmp.replace(path)
-    except OSError as exc:
-        log.debug("could not cache the accelerator verdict: %s", exc)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps({"key": key, **asdict(verdict)}))
+        except OSError as exc:
+            log.debug("could not cache the accelerator verdict: %s", exc)
     return verdict
+
+
+def _cached(path: Path, key: str) -> Accelerator | None:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("key") == key:
+            return Accelerator(data["name"], data["reason"], data.get("probe_seconds", 0.0), cached=True)
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
 
 
 def libguestfs_env(accel: Accelerator) -> dict[str, str]:
@@ -149,6 +152,3 @@ def libguestfs_env(accel: Accelerator) -> dict[str, str]:
 def apply_to_environ(accel: Accelerator) -> None:
     """libguestfs reads its settings from the process environment at handle creation."""
     os.environ.update(libguestfs_env(accel))
-
-
-

@@ -1,11 +1,12 @@
-"""Host resources of a chroot session (mounts, loop devices, a storage daemon), undone on every exit path.
+"""Host resources of a session (mounts, loop devices, a storage daemon), undone on every exit path.
 
 diskimage-builder's block-device layer taught the shape: every resource is pushed on a
 stack as it is acquired, together with how to release it, and the stack unwinds in
 reverse on success, error, Ctrl-C or SIGTERM. What a stack cannot survive is imgsmith
 itself being killed (kill -9, OOM, a power cut): so each acquisition is also written to
-a small state file under ``/run/imgsmith/sessions/``, and every new chroot session first
-sweeps the records whose process is gone, releasing what they left behind.
+a small state file under ``/run/imgsmith/sessions/``, and every new session (a chroot
+backend's, or an output writer's FUSE view) first sweeps the records whose process is gone,
+releasing what they left behind.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from .. import proc
 from ..errors import ProcessError
+from .files import atomic_write
 
 __all__ = ["Session", "release", "sweep_stale"]
 
@@ -29,34 +31,13 @@ log = logging.getLogger("imgsmith.guest")
 RUN_DIR = Path(os.environ.get("IMGSMITH_RUN_DIR", "/run/imgsmith/sessions"))
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.pid_alive(pid):
-            return True
-        time.sleep(0.02)
-    return not proc.pid_alive(pid)
-
-
 def _quiet(argv: list[str | os.PathLike[str]]) -> None:
     with contextlib.suppress(ProcessError):
         proc.run(argv)
 
 
-def stop_daemon(pid: int, *, name: str = "qemu-storage-daemon") -> None:
-    """SIGTERM (the daemon flushes and exits), then SIGKILL if it does not go within 30 s."""
-    try:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return
-    if not name.startswith(comm):  # the pid was reused by something else: leave it alone
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, 15)
-    if not _wait_gone(pid, 30):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-        _wait_gone(pid, 5)
+DAEMON_GRACE = 30.0
+"""qemu-storage-daemon flushes its image on SIGTERM; a large write-back can take a while."""
 
 
 def release(kind: str, what: str, *, lazy: bool = False) -> None:
@@ -75,7 +56,7 @@ def release(kind: str, what: str, *, lazy: bool = False) -> None:
         _quiet(["partx", "-d", what])
         _quiet(["losetup", "-d", what])
     elif kind == "daemon":
-        stop_daemon(int(what))
+        proc.stop_pid(int(what), DAEMON_GRACE, name="qemu-storage-daemon")
     elif kind == "fuse":
         if os.path.ismount(what):
             _quiet(["fusermount3", "-u", "-z", what])
@@ -120,9 +101,7 @@ class Session:
         self._save()
 
     def _save(self) -> None:
-        tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps(self._state))
-        tmp.replace(self.dir / "state.json")
+        atomic_write(self.dir / "state.json", json.dumps(self._state))
 
     def push(self, kind: str, what: str, undo: Callable[[], None] | None = None) -> None:
         """Record a resource just acquired; *undo* overrides :func:`release` for it."""

@@ -1,0 +1,162 @@
+"""The host helpers with real files and real processes: atomic writes, locks, spawn's stop policy."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imgsmith import proc
+from imgsmith.errors import ProcessError
+from imgsmith.host.files import atomic_write, file_digest, file_lock, sha256_file, try_file_lock
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from imgsmith.host.files import file_lock
+with file_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_atomic_write_replaces_the_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text("old\n")
+    atomic_write(path, "new\n")
+    assert path.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no temp file left
+
+
+def test_atomic_write_leaves_the_old_file_intact_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    path.write_text("old content\n")
+    with pytest.raises(TypeError):
+        atomic_write(path, 12345)  # type: ignore[arg-type]  # not bytes: fails while writing
+    assert path.read_text() == "old content\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_atomic_write_into_a_missing_directory_fails_without_a_trace(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        atomic_write(tmp_path / "nodir" / "f", b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_mode(tmp_path: Path) -> None:
+    atomic_write(tmp_path / "key", b"secret", mode=0o600)
+    assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600
+
+
+def test_lock_excludes_another_process(tmp_path: Path) -> None:
+    lock = tmp_path / "locks" / "k.lock"
+    with subprocess.Popen([sys.executable, "-c", HOLD_LOCK, lock, "1.5"], stdout=subprocess.PIPE,
+                          text=True) as child:
+        assert child.stdout is not None and child.stdout.readline() == "locked\n"
+        start = time.monotonic()
+        with try_file_lock(lock) as free:
+            assert not free
+        waited: list[bool] = []
+        with file_lock(lock, on_wait=lambda: waited.append(True)):
+            took = time.monotonic() - start
+        assert waited == [True] and took > 1.0  # we got it only when the holder let go
+    with try_file_lock(lock) as free:
+        assert free
+
+
+def test_lock_survives_its_file_being_removed_by_the_holder(tmp_path: Path) -> None:
+    """A holder may delete the lock file (the cache's prune does); the next locker must not lock
+    the orphaned inode while a third locks a fresh file."""
+    lock = tmp_path / "k.lock"
+    with file_lock(lock):
+        lock.unlink()
+    with file_lock(lock):
+        assert lock.exists()
+        with try_file_lock(lock) as free:
+            assert not free
+
+
+def test_file_digest_hashes_holes_as_zeros(tmp_path: Path) -> None:
+    path = tmp_path / "sparse"
+    with path.open("wb") as f:
+        f.write(b"head")
+        f.seek(9 << 20)
+        f.write(b"tail")
+    data = path.read_bytes()
+    seen: list[int] = []
+    assert sha256_file(path, seen.append) == hashlib.sha256(data).hexdigest()
+    assert sum(seen) == len(data)
+    assert file_digest(path, "sha512") == hashlib.sha512(data).hexdigest()
+
+
+IGNORES_TERM = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: print("got TERM", flush=True))
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_spawn_stops_a_child_that_ignores_sigterm_with_sigkill() -> None:
+    start = time.monotonic()
+    with proc.spawn([sys.executable, "-c", IGNORES_TERM], grace=0.5) as p:
+        assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        stdout = p.stdout
+    took = time.monotonic() - start
+    assert p.stopped and p.returncode == -9  # SIGKILL, after...
+    assert stdout.closed
+    assert took >= 0.5  # ...the grace period
+
+
+def test_spawn_sends_sigterm_first() -> None:
+    with proc.spawn([sys.executable, "-c", IGNORES_TERM], grace=1.0) as p:
+        assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        out = p.stdout
+        p.stop()
+        rest = out.read()
+    assert rest.startswith(b"got TERM\n") and p.returncode == -9
+
+
+def test_spawn_lets_a_child_stopped_by_sigterm_go_quietly() -> None:
+    with proc.spawn([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(30)"]) as p:
+        assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+    assert p.stopped and p.returncode == -15
+
+
+def test_spawn_raises_a_typed_error_with_the_stderr_tail() -> None:
+    script = "import sys; print('first', file=sys.stderr); print('disk full', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(ProcessError) as caught, proc.spawn([sys.executable, "-c", script]) as p:
+        p.wait()
+    assert caught.value.returncode == 3
+    assert caught.value.message == f"{os.path.basename(sys.executable)} failed (exit 3): first | disk full"
+
+
+def test_spawn_environment_is_run_s(tmp_path: Path) -> None:
+    script = "import os; print(os.environ['LC_ALL'], os.environ['EXTRA'], os.environ.get('PATH') is not None)"
+    with proc.spawn([sys.executable, "-c", script], env={"EXTRA": "yes"}) as p:
+        assert p.stdout is not None
+        out = p.stdout.read()
+        p.wait()
+    assert out == b"C.UTF-8 yes True\n"
+    assert proc.run([sys.executable, "-c", script], env={"EXTRA": "yes"}).stdout == out.decode()
+
+
+def test_spawn_of_a_missing_program() -> None:
+    with pytest.raises(ProcessError, match="no-such-tool-xyz: command not found"), proc.spawn(["no-such-tool-xyz"]):
+        pass
+
+
+def test_stop_pid_applies_the_same_policy_to_a_daemon() -> None:
+    with subprocess.Popen([sys.executable, "-c", IGNORES_TERM], stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        start = time.monotonic()
+        proc.stop_pid(child.pid, 0.5)
+        assert time.monotonic() - start >= 0.5
+        assert child.wait(5) == -9
+        assert child.stdout.readline() == b"got TERM\n"
