@@ -38,6 +38,7 @@ __all__ = [
     "convert_argv",
     "create_overlay",
     "info",
+    "measure_qcow2",
     "probe_format",
     "resize",
 ]
@@ -228,6 +229,12 @@ def check(path: str | os.PathLike[str], fmt: str) -> CheckResult:
         raise ImageError(f"{p}: not a readable {fmt} image: {_qemu_message(res.stderr)}")
     return CheckResult(True, int(data.get("corruptions", 0)), int(data.get("leaks", 0)),
                        int(data.get("check-errors", 0)))
+
+
+def measure_qcow2(path: str | os.PathLike[str], fmt: str) -> int:
+    """Bytes *path* would take converted to (uncompressed) qcow2: ``qemu-img measure``, nothing written."""
+    out = proc.run([QEMU_IMG, "measure", "--output=json", "-U", "-f", fmt, "-O", "qcow2", Path(path)]).stdout
+    return int(json.loads(out)["required"])
 
 
 def create_overlay(base: str | os.PathLike[str], base_fmt: str, dest: str | os.PathLike[str],
