@@ -18,6 +18,7 @@ import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -61,8 +62,12 @@ def initramfs(modules: list[str], compress: str = "gzip") -> bytes:
     early = cpio({"kernel/x86/microcode/GenuineIntel.bin": b"\x01" * 64})
     main_files = {"init": b"#!/bin/sh\n", **{f"usr/lib/modules/{KVER}/{MODULE_PATHS[m]}": b"\x7fELF" for m in modules}}
     body = cpio(main_files)
-    packed = {"gzip": gzip.compress, "xz": lzma.compress,
-              "zstd": lambda b: zstandard.ZstdCompressor().compress(b)}[compress](body)
+    if compress == "zstd":
+        packed: bytes = zstandard.ZstdCompressor().compress(body)
+    elif compress == "xz":
+        packed = lzma.compress(body)
+    else:
+        packed = gzip.compress(body)
     return early + packed
 
 
@@ -98,7 +103,8 @@ def good(**changes: object) -> dict[str, object]:
     """The good variant's extra files, with *changes* (path -> content, or None to leave a path out)."""
     files: dict[str, object] = {
         f"/boot/vmlinuz-{KVER}": b"phony kernel",
-        f"/boot/config-{KVER}": "CONFIG_VIRTIO_PCI=m\nCONFIG_VIRTIO_BLK=m\nCONFIG_VIRTIO_NET=m\nCONFIG_BLK_DEV_NVME=y\n",
+        f"/boot/config-{KVER}": "CONFIG_VIRTIO_PCI=m\nCONFIG_VIRTIO_BLK=m\nCONFIG_VIRTIO_NET=m\n"
+                                "CONFIG_BLK_DEV_NVME=y\n",
         f"/boot/initrd.img-{KVER}": initramfs(list(MODULE_PATHS)),
         f"/usr/lib/modules/{KVER}/modules.dep": "".join(f"{p}:\n" for p in MODULE_PATHS.values()),
         "/boot/grub/grub.cfg": f"menuentry 'Debian' {{\n\tlinux\t/boot/vmlinuz-{KVER} root=UUID={UUID} ro "
@@ -123,7 +129,7 @@ def image(**changes: object) -> Path:
 
 
 def check_json(disk: Path, clouds: str, capsys: pytest.CaptureFixture[str], *extra: str,
-               backend: str = "chroot") -> tuple[int, dict[str, object]]:
+               backend: str = "chroot") -> tuple[int, dict[str, Any]]:
     """Run `imgsmith check --json`; assert the image's bytes did not change; return (exit code, document)."""
     before = sha256_file(disk)
     code = main(["check", str(disk), "--for", clouds, "--backend", backend, "--json", *extra])
@@ -131,12 +137,12 @@ def check_json(disk: Path, clouds: str, capsys: pytest.CaptureFixture[str], *ext
     return code, json.loads(capsys.readouterr().out)
 
 
-def errors(doc: dict[str, object]) -> set[str]:
-    return {f["rule"] for f in doc["findings"] if f["severity"] == "error"}  # type: ignore[attr-defined,index]
+def errors(doc: dict[str, Any]) -> set[str]:
+    return {f["rule"] for f in doc["findings"] if f["severity"] == "error"}
 
 
-def rules(doc: dict[str, object]) -> set[str]:
-    return {f["rule"] for f in doc["findings"]}  # type: ignore[attr-defined,index]
+def rules(doc: dict[str, Any]) -> set[str]:
+    return {f["rule"] for f in doc["findings"]}
 
 
 SWAP = "/etc/fstab", f"UUID={UUID} / ext4 errors=remount-ro 0 1\n/swapfile none swap sw 0 0\n"
@@ -145,7 +151,8 @@ HWADDR = "/etc/sysconfig/network-scripts/ifcfg-eth0", "DEVICE=eth0\nBOOTPROTO=dh
 NARROW_DS = "/etc/cloud/cloud.cfg", "datasource_list: [ConfigDrive, None]\n"
 NO_VIRTIO = f"/boot/initrd.img-{KVER}", initramfs(["hv_vmbus", "hv_storvsc"], "zstd")
 
-CASES = {  # name: (changes, the errors expected for openstack, aliyun, tencent and kvm)
+# name: (changes, the errors expected for openstack, aliyun, tencent and kvm)
+CASES: dict[str, tuple[dict[str, object], set[str]]] = {
     "good": ({}, set()),
     "swap in fstab": (dict([SWAP]), {"aliyun.no-swap"}),
     "fstab by /dev/sda1": (dict([DEVNAME]), {"aliyun.fstab-uuid"}),
@@ -170,16 +177,16 @@ def test_each_variant_gives_exactly_its_errors(case: str, capsys: pytest.Capture
     if case == "good":  # warnings only where the phony guest really differs from a cloud image
         assert rules(doc) == set()
     if case == "no virtio in the initramfs":
-        found = [f for f in doc["findings"] if f["rule"] == "tencent.virtio"]  # type: ignore[attr-defined]
+        found = [f for f in doc["findings"] if f["rule"] == "tencent.virtio"]
         assert {f["error_name"] for f in found} == {"VirtioNotInstall"}
         assert {f["where"] for f in found} == {f"/boot/initrd.img-{KVER}"}
         assert [f["found"] for f in found] == [f"kernel {KVER}: {m} neither built in nor in the initramfs"
                                                for m in ("virtio_pci", "virtio_blk")]
     if case == "cloud-init absent":
-        finding = next(f for f in doc["findings"] if f["rule"] == "tencent.cloud-init")  # type: ignore[attr-defined]
+        finding = next(f for f in doc["findings"] if f["rule"] == "tencent.cloud-init")
         assert finding["error_name"] == "CloudInitNotInstalled"
     if case == "swap in fstab":
-        finding = next(f for f in doc["findings"] if f["rule"] == "aliyun.no-swap")  # type: ignore[attr-defined]
+        finding = next(f for f in doc["findings"] if f["rule"] == "aliyun.no-swap")
         assert finding["found"] == "/etc/fstab line 2 mounts swap (/swapfile)"
 
 
@@ -223,7 +230,7 @@ def test_layouts_root_not_last_and_gpt_esp_on_both_backends(tmp_path: Path,
     for backend in ("chroot", "appliance"):  # the appliance once: its partition listing must agree
         code, doc = check_json(gpt, CLOUDS, capsys, backend=backend)
         assert (code, errors(doc)) == (1, {"tencent.partition-table"}), backend
-        finding = next(f for f in doc["findings"] if f["rule"] == "tencent.partition-table")  # type: ignore[attr-defined]
+        finding = next(f for f in doc["findings"] if f["rule"] == "tencent.partition-table")
         assert finding["found"] == "the disk has a GPT partition table; Tencent Cloud CVM accepts MBR"
     code, doc = check_json(gpt, "hyperv", capsys)  # Hyper-V generation 2 boots UEFI: the ESP is what it needs
     assert "hyperv.boot-mode" not in rules(doc)
@@ -247,7 +254,7 @@ def test_vhd_size_rules_come_from_the_azure_preset(tmp_path: Path, capsys: pytes
     assert (code, errors(doc)) == (0, set())
     code, doc = check_json(vhds["odd"], "azure", capsys)  # probed: a fixed VHD reads as raw, its footer says VHD
     assert (code, errors(doc)) == (1, {"azure.format-rules"})
-    finding = next(f for f in doc["findings"] if f["rule"] == "azure.format-rules")  # type: ignore[attr-defined]
+    finding = next(f for f in doc["findings"] if f["rule"] == "azure.format-rules")
     assert "whole number of MiB" in finding["found"] and str((512 << 20) + 512) in finding["found"]
 
 
@@ -259,7 +266,7 @@ def test_a_disk_without_an_os_gives_root_partition_not_found(tmp_path: Path,
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", blank, "64M"], check=True)
     code, doc = check_json(blank, "tencent,aws", capsys)
     assert (code, errors(doc)) == (1, {"tencent.root-found", "aws.root-found"})
-    assert {f["error_name"] for f in doc["findings"]} == {"RootPartitionNotFound", None}  # type: ignore[attr-defined]
+    assert {f["error_name"] for f in doc["findings"]} == {"RootPartitionNotFound", None}
 
 
 # --------------------------------------------------------------------------- the real Debian image
@@ -284,3 +291,9 @@ def test_bootstrapped_debian_passes_the_six_clouds(debian_image: Path) -> None:
     assert not {f.rule for f in report.findings} & {"openstack.virtio", "azure.drivers", "gcp.drivers"}
     assert {f.rule for f in report.findings if f.severity == "warning"} == {
         "openstack.qemu-guest-agent", "aws.format", "azure.format", "gcp.format"}
+
+
+def test_docs_clouds_md_is_generated_from_the_rules() -> None:
+    from imgsmith.clouds.doc import render_clouds_doc
+    doc = Path(__file__).parent.parent / "docs" / "clouds.md"
+    assert doc.read_text() == render_clouds_doc(), "docs/clouds.md is stale: run `make docs`"
