@@ -25,6 +25,7 @@ lint: setup
 
 docs: setup
 	$(PY) -c 'from imgsmith.docs import render_operations_doc as r; open("docs/operations.md", "w").write(r())'
+	$(PY) -c 'from imgsmith.clouds.doc import render_clouds_doc as r; open("docs/clouds.md", "w").write(r())'
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -36,8 +36,8 @@ from typing import Any
 # No working KVM on these machines: libguestfs must use TCG (see /work/shared/NOTES.md).
 os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
 
-__all__ = ["DISTROS", "Entry", "detect_format", "fresh_copy", "guest_image", "layout", "mount_root", "mounted",
-           "read_files", "read_tree", "sha256_file", "tree"]
+__all__ = ["DISTROS", "D", "Entry", "Extra", "F", "L", "Node", "detect_format", "fresh_copy", "guest_image",
+           "layout", "mount_root", "mounted", "read_files", "read_tree", "sha256_file", "tree"]
 
 DISTROS = ("centos7", "debian12", "ubuntu2204", "rocky9", "opensuse")
 
@@ -407,12 +407,16 @@ def _busybox(d: Distro) -> dict[str, Node]:
     return nodes
 
 
-def layout(distro: str, extra: Mapping[str, bytes | str] | None = None) -> dict[str, Node]:
+Extra = Mapping[str, "bytes | str | Node"]
+"""Extra paths of a variant: file contents, or a Node (``L(target)`` for a symlink, ``D()``, ``F(..., mode)``)."""
+
+
+def layout(distro: str, extra: Extra | None = None) -> dict[str, Node]:
     """The whole tree of a phony guest, path -> Node (later tables override earlier ones)."""
     d = _distro(distro)
     nodes = _busybox(d) | _common(d) | _FAMILIES[d.family](d) | dict(d.files)
     for path, content in (extra or {}).items():
-        nodes[path] = F(content)
+        nodes[path] = content if isinstance(content, Node) else F(content)
     return nodes
 
 
@@ -429,19 +433,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("IMGSMITH_TEST_CACHE") or "/var/tmp/imgsmith-test-guests")
 
 
-def recipe_key(distro: str, extra: Mapping[str, bytes | str] | None = None) -> str:
+def recipe_key(distro: str, extra: Extra | None = None) -> str:
     """sha256 of everything an image is made from: this file, the distro, host inputs, ``extra``."""
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(f"\0{distro}\0".encode())
     for host_file in HOST_FILES:
         h.update(hashlib.sha256(host_file.read_bytes()).digest())
     for path, content in sorted((extra or {}).items()):
-        data = content.encode() if isinstance(content, str) else content
+        if isinstance(content, Node):
+            data = f"{content.kind}:{content.mode:o}:{content.uid}:{content.gid}:".encode() + content.data
+        else:
+            data = content.encode() if isinstance(content, str) else content
         h.update(f"\0{path}\0{len(data)}\0".encode() + data)
     return h.hexdigest()
 
 
-def guest_image(distro: str, *, extra: Mapping[str, bytes | str] | None = None) -> Path:
+def guest_image(distro: str, *, extra: Extra | None = None) -> Path:
     """Path to a cached, read-only-by-convention qcow2 of that phony guest (built if missing)."""
     d = _distro(distro)
     cache = cache_dir()
@@ -536,7 +543,7 @@ def _mkfs(d: Distro, src: Path, fsimg: Path, mnt: Path) -> None:
 
 
 def fresh_copy(distro: str, dest_dir: Path, *, fmt: str = "qcow2",
-               extra: Mapping[str, bytes | str] | None = None) -> Path:
+               extra: Extra | None = None) -> Path:
     """A private writable copy (qcow2 or raw) for a test to modify."""
     if fmt not in ("qcow2", "raw"):
         raise ValueError(f"fresh_copy makes qcow2 or raw, not {fmt!r}")

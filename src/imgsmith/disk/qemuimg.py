@@ -36,6 +36,7 @@ __all__ = [
     "convert_argv",
     "create_overlay",
     "info",
+    "measure_qcow2",
     "open_image",
     "probe_format",
     "resize",
@@ -251,6 +252,10 @@ def open_image(path: str | os.PathLike[str], fmt: str | None = None) -> ImageInf
     if verdict.leaks:
         log.warning("%s: %d leaked cluster(s) (wasted space, no data at risk)", p, verdict.leaks)
     return image
+def measure_qcow2(path: str | os.PathLike[str], fmt: str) -> int:
+    """Bytes *path* would take converted to (uncompressed) qcow2: ``qemu-img measure``, nothing written."""
+    out = proc.run([QEMU_IMG, "measure", "--output=json", "-U", "-f", fmt, "-O", "qcow2", Path(path)]).stdout
+    return int(json.loads(out)["required"])
 
 
 def create_overlay(base: str | os.PathLike[str], base_fmt: str, dest: str | os.PathLike[str],

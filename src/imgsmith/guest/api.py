@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Guest", "OSInfo", "Stat", "family_of"]
+__all__ = ["Guest", "OSInfo", "PartitionInfo", "Stat", "family_of"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,27 @@ class Stat:
     @property
     def is_dir(self) -> bool:
         return self.mode & 0o170000 == 0o040000
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    """One partition, logical volume or whole-disk filesystem of the guest's disk (read-only facts).
+
+    ``number`` is the partition number (0 for a logical volume or a whole-disk filesystem);
+    ``start`` and ``size`` are in bytes; ``part_type`` is the MBR id (``0x83``) or the GPT type
+    GUID in lower case ("" when there is no partition table); ``fstype`` is what blkid calls
+    the content (ext4, xfs, swap, vfat, LVM2_member, ...), "" when unrecognised (a BIOS boot
+    partition).
+    """
+
+    device: str
+    number: int
+    fstype: str
+    uuid: str = ""
+    label: str = ""
+    start: int = 0
+    size: int = 0
+    part_type: str = ""
 
 
 class Guest(ABC):
@@ -201,3 +222,16 @@ class Guest(ABC):
                 self.rm_rf(path)
                 removed.append(path)
         return removed
+
+    # --- read-only disk facts (added for imgsmith.clouds) ---------------
+    @abstractmethod
+    def partition_table(self) -> str:
+        """The disk's partition table: "mbr", "gpt", or "" when the disk is one whole filesystem."""
+
+    @abstractmethod
+    def partitions(self) -> list[PartitionInfo]:
+        """Every partition (with or without a filesystem), logical volume and whole-disk filesystem."""
+
+    @abstractmethod
+    def statvfs(self, path: str) -> tuple[int, int]:
+        """(size, bytes available to unprivileged users) of the filesystem holding guest *path*."""

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import logging
 import os
 import posixpath
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .. import proc
 from ..errors import GuestError, ProcessError
 from ..host.rollback import Session
-from .api import Guest, OSInfo, Stat
+from .api import Guest, OSInfo, PartitionInfo, Stat
 from .blockdev import BlockDevice, Partition
 from .sandbox import bwrap_argv, guarded_files
 
@@ -345,6 +346,43 @@ class ChrootGuest(Guest):
     @contextlib.contextmanager
     def host_view(self, mountpoint: Path) -> Iterator[Path]:
         yield self.root  # already a host directory; nothing to mount
+
+    # --- read-only disk facts (added for imgsmith.clouds)
+    def _sfdisk(self) -> dict[str, Any]:
+        """The loop device's partition table as sfdisk reads it (sector units), {} without one."""
+        r = proc.run(["sfdisk", "--json", self.device.loop], check=False)
+        if r.returncode != 0 or not r.stdout.strip():
+            return {}
+        table: dict[str, Any] = json.loads(r.stdout).get("partitiontable", {})
+        return table
+
+    def partition_table(self) -> str:
+        label = str(self._sfdisk().get("label", ""))
+        return {"dos": "mbr"}.get(label, label)
+
+    def partitions(self) -> list[PartitionInfo]:
+        table = self._sfdisk()
+        sector = int(table.get("sectorsize", 512))
+        by_node = {p.device: p for p in self.device.partitions}
+        found: list[PartitionInfo] = []
+        for entry in table.get("partitions", []):
+            node = str(entry["node"])
+            number = int(node.rsplit("p", 1)[1])
+            ptype = str(entry.get("type", "")).lower()
+            if table.get("label") == "dos":
+                ptype = f"0x{int(ptype, 16):x}"
+            fs = by_node.get(node)
+            found.append(PartitionInfo(f"/dev/sda{number}", number, fs.fstype if fs else "",
+                                       fs.uuid if fs else "", fs.label if fs else "",
+                                       start=int(entry["start"]) * sector, size=int(entry["size"]) * sector,
+                                       part_type=ptype))
+        if not table:
+            found = [PartitionInfo(p.name, 0, p.fstype, p.uuid, p.label) for p in self.device.partitions]
+        return found
+
+    def statvfs(self, path: str) -> tuple[int, int]:
+        st = _os(f"statvfs {path}", lambda: os.statvfs(self._h(path)))
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
 
 def _uuid4() -> str:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from .. import proc
 from ..errors import GuestError, ProcessError
-from .api import Guest, OSInfo, Stat
+from .api import Guest, OSInfo, PartitionInfo, Stat
 from .treeinspect import choose_root, init_system, selinux_enabled
 
 __all__ = ["ApplianceGuest", "inspect_and_mount"]
@@ -229,6 +229,55 @@ class ApplianceGuest(Guest):
             thread.join(timeout=60)
         if errors:
             raise GuestError(f"mount_local: {errors[0]}")
+
+    # --- read-only disk facts (added for imgsmith.clouds)
+    def partition_table(self) -> str:
+        dev = _call("list devices", self.g.list_devices)[0]
+        try:
+            kind = str(self.g.part_get_parttype(dev))
+        except RuntimeError:
+            return ""  # no partition table: a whole-disk filesystem
+        return {"msdos": "mbr"}.get(kind, kind)
+
+    def _fs_facts(self, device: str) -> tuple[str, str, str]:
+        def one(fn: str) -> str:
+            try:
+                return str(getattr(self.g, fn)(device))
+            except RuntimeError:
+                return ""
+        return one("vfs_type"), one("vfs_uuid"), one("vfs_label")
+
+    def _part_type(self, table: str, dev: str, num: int) -> str:
+        if table == "gpt":
+            return str(_call("partition type", lambda: self.g.part_get_gpt_type(dev, num))).lower()
+        return f"0x{int(_call('partition type', lambda: self.g.part_get_mbr_id(dev, num))):x}"
+
+    def _size(self, device: str) -> int:
+        return int(_call(f"size of {device}", lambda: self.g.blockdev_getsize64(device)))
+
+    def _entries(self, dev: str) -> dict[int, dict[str, int]]:
+        return {int(e["part_num"]): e for e in _call(f"partitions of {dev}", lambda: self.g.part_list(dev))}
+
+    def partitions(self) -> list[PartitionInfo]:
+        table = self.partition_table()
+        found: list[PartitionInfo] = []
+        for dev in _call("list devices", self.g.list_devices):
+            entries = self._entries(dev) if table else {}
+            for num, entry in sorted(entries.items()):
+                name = f"{dev}{num}"
+                found.append(PartitionInfo(name, num, *self._fs_facts(name), start=int(entry["part_start"]),
+                                           size=int(entry["part_size"]), part_type=self._part_type(table, dev, num)))
+            if not entries:
+                fstype, uuid, label = self._fs_facts(dev)
+                if fstype:
+                    found.append(PartitionInfo(dev, 0, fstype, uuid, label, size=self._size(dev)))
+        for lv in _call("list logical volumes", self.g.lvs):
+            found.append(PartitionInfo(lv, 0, *self._fs_facts(lv), size=self._size(lv)))
+        return found
+
+    def statvfs(self, path: str) -> tuple[int, int]:
+        st = _call(f"statvfs {path}", lambda: self.g.statvfs(path))
+        return int(st["blocks"]) * int(st["frsize"]), int(st["bavail"]) * int(st["frsize"])
 
 
 def _wait_for_mount(mountpoint: Path, timeout: float = 30.0) -> None:

@@ -1,0 +1,92 @@
+"""The shapes every cloud module fills in: a target's profile, its rules, and their findings.
+
+A rule is data (an id, a severity, the cloud's own error name, the page it comes from)
+plus one small check function over :class:`~imgsmith.clouds.facts.Facts`, which reads
+the guest once through the Guest API. A check returns :class:`Hit` values (what was
+found, where, how to fix it); the rule turns each into a :class:`Finding` carrying its
+id, severity and source, so the check functions stay shared between clouds while each
+cloud says, as data, how much a problem matters to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .facts import Facts
+
+__all__ = ["ERROR", "WARNING", "CheckFn", "Finding", "Hit", "Profile", "Rule", "Severity"]
+
+Severity = Literal["error", "warning"]
+ERROR: Severity = "error"
+WARNING: Severity = "warning"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One problem a check found: what, where (a guest path, a device, the image), how to fix it."""
+
+    found: str
+    where: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule's verdict on one problem, as ``imgsmith check`` shows it (table row or JSON object)."""
+
+    rule: str  # "aliyun.no-swap"
+    cloud: str
+    severity: Severity
+    found: str
+    where: str
+    fix: str
+    error_name: str | None
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "cloud": self.cloud, "severity": self.severity, "found": self.found,
+                "where": self.where, "fix": self.fix, "error_name": self.error_name, "source": self.source}
+
+
+CheckFn = Callable[["Facts", "Profile"], list[Hit]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One requirement of a target: ``name`` is the part of the id after the cloud (``no-swap``)."""
+
+    name: str
+    severity: Severity
+    text: str  # what the rule checks, one line (docs/clouds.md, --list-rules)
+    check: CheckFn
+    source: str
+    error_name: str | None = None  # the cloud's own error code, where it has one
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A target: its accepted formats and boot modes, drivers, datasources, and its rules.
+
+    ``preset`` names the :mod:`imgsmith.disk.presets` entry whose format rules apply;
+    ``drivers`` lists groups of kernel modules, one of each group must be available early
+    (built in or in the initramfs); ``late_drivers`` may also be loadable modules.
+    """
+
+    name: str
+    description: str
+    preset: str
+    formats: tuple[str, ...]
+    boot_modes: tuple[str, ...] = ("bios", "uefi")
+    partition_tables: tuple[str, ...] = ("mbr", "gpt")
+    drivers: tuple[tuple[str, ...], ...] = ()
+    late_drivers: tuple[tuple[str, ...], ...] = ()
+    datasources: tuple[str, ...] = ()
+    console: str = "ttyS0"
+    own_tools: tuple[str, ...] = ()  # guest-tool families that belong here (vmware, virtualbox, xen, hyperv)
+    rules: tuple[Rule, ...] = field(default=())
+
+    def rule_id(self, rule: Rule) -> str:
+        return f"{self.name}.{rule.name}"

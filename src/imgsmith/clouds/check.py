@@ -1,0 +1,130 @@
+"""Library API of ``imgsmith check``: one read-only session, every requested cloud's rules.
+
+The image is opened through a throw-away qcow2 overlay (:func:`imgsmith.transaction.overlay`)
+that is deleted on exit and never committed, so whatever the backend does while mounting
+(an ext4 journal replay, the sandbox's bind mounts) lands in the overlay and the image's
+bytes never change. The facts are read once and shared by all clouds. A disk on which no
+operating system is found is not an error of the command but a finding of each cloud
+(Tencent calls it ``RootPartitionNotFound``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..disk import qemuimg
+from ..errors import GuestError, UsageError
+from ..guest.api import OSInfo
+from ..guest.session import SessionOptions, open_guest
+from ..transaction import disk_info, overlay
+from . import PROFILES
+from .base import ERROR, Finding, Hit, Profile, Rule
+from .facts import Facts, ImageFacts, read_image_facts
+
+__all__ = ["CheckReport", "check_image", "parse_clouds", "run_rules"]
+
+
+@dataclass
+class CheckReport:
+    """What ``imgsmith check`` found: the findings of every rule of every requested cloud."""
+
+    image: Path
+    format: str
+    clouds: list[str]
+    backend: str
+    seconds: float
+    findings: list[Finding] = field(default_factory=list)
+    os: OSInfo | None = None
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": str(self.image), "format": self.format, "clouds": self.clouds, "backend": self.backend,
+                "seconds": self.seconds, "os": dataclasses.asdict(self.os) if self.os else None,
+                "errors": len(self.errors), "warnings": len(self.findings) - len(self.errors),
+                "findings": [f.to_json() for f in self.findings]}
+
+
+def parse_clouds(spec: str | Sequence[str]) -> list[str]:
+    """``openstack,aliyun`` (or a list of such) -> known cloud names in order; UsageError for an unknown one."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    names = [n.strip().lower() for item in items for n in item.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PROFILES]
+    if unknown:
+        raise UsageError(f"unknown cloud {unknown[0]!r} (known: {', '.join(PROFILES)})")
+    if not names:
+        raise UsageError("--for needs at least one cloud", hint=f"known: {', '.join(PROFILES)}")
+    return list(dict.fromkeys(names))
+
+
+def _finding(profile: Profile, rule: Rule, hit: Hit) -> Finding:
+    return Finding(profile.rule_id(rule), profile.name, rule.severity, hit.found, hit.where, hit.fix,
+                   rule.error_name, rule.source)
+
+
+def run_rules(facts: Facts, clouds: Sequence[str]) -> list[Finding]:
+    """Every rule of each cloud over the shared facts; a rule that cannot read what it needs is an error."""
+    findings: list[Finding] = []
+    for name in clouds:
+        profile = PROFILES[name]
+        for rule in profile.rules:
+            try:
+                hits, used = rule.check(facts, profile), rule
+            except GuestError as exc:
+                hits = [Hit(f"could not check: {exc.message}", "", "report this, with the image's origin")]
+                used = dataclasses.replace(rule, severity=ERROR)
+            findings.extend(_finding(profile, used, h) for h in hits)
+    return findings
+
+
+def _no_root(clouds: Sequence[str], why: str, image: Path) -> list[Finding]:
+    out = []
+    for name in clouds:
+        profile = PROFILES[name]
+        for rule in profile.rules:
+            if rule.name == "root-found":
+                out.append(_finding(profile, rule, Hit(why, str(image), "the image must hold one Linux root "
+                                                                         "filesystem (imgsmith info --inspect)")))
+    return out
+
+
+def _image_facts(path: Path, fmt: str | None, clouds: Sequence[str]) -> ImageFacts:
+    fmt = fmt or qemuimg.probe_format(path)
+    info = disk_info(path, fmt)
+    details = qemuimg.info(path, fmt)
+    qcow2 = qemuimg.measure_qcow2(path, fmt) if "tencent" in clouds else None
+    return read_image_facts(path, info.format, info.virtual_size, qcow2, dict(details.format_specific))
+
+
+def check_image(path: Path, clouds: Sequence[str], *, fmt: str | None = None,
+                session: SessionOptions = SessionOptions(),
+                message: Callable[[str], None] = lambda _m: None) -> CheckReport:
+    """Check *path* for each of *clouds*; the image is only read (see the module docstring)."""
+    start = time.monotonic()
+    clouds = parse_clouds(list(clouds))
+    session = dataclasses.replace(session, network=False, readonly=False)
+    choice = session.choice()  # a bad backend request fails before anything is opened
+    if not path.exists():
+        raise UsageError(f"{path}: no such disk image")
+    image = _image_facts(path, fmt, clouds)
+    message(f"Examining {path} ({image.format}, backend {choice.name}) for {', '.join(clouds)} ...")
+    report = CheckReport(path, image.format, list(clouds), choice.name, 0.0)
+    with overlay(disk_info(path, image.format)) as top:
+        try:
+            with open_guest(top, "qcow2", session, message=message) as guest:
+                report.backend = guest.backend
+                report.os = guest.os
+                report.findings = run_rules(Facts(guest, image), clouds)
+        except GuestError as exc:
+            if not exc.message.startswith(("no operating system", "the disk holds several")):
+                raise
+            report.findings = _no_root(clouds, exc.message, path)
+    report.seconds = round(time.monotonic() - start, 2)
+    return report

@@ -1,0 +1,69 @@
+"""Generate docs/clouds.md from the cloud registry, so the rules and their documentation cannot drift.
+
+``make docs`` writes the file; a test fails when the committed file differs.
+"""
+
+from __future__ import annotations
+
+from . import PROFILES
+
+__all__ = ["render_clouds_doc"]
+
+HEADER = """\
+# Cloud readiness checks
+
+Generated from `src/imgsmith/clouds/` by `make docs` — do not edit by hand.
+
+`imgsmith check IMAGE --for CLOUD[,CLOUD...]` runs the rules below on an image before it is
+uploaded. The image is opened through a throw-away qcow2 overlay, so its bytes never
+change; the guest's files are read once and shared by every cloud. A rule is an
+**error** when the cloud rejects the image or the instance will not boot or provision,
+a **warning** when the image works but something the cloud relies on is missing (or the
+file still has to be converted: `imgsmith convert --preset CLOUD` does that and applies
+the preset's own rules, [formats.md](formats.md)). Exit status: 0 without errors, 1 with
+any, 2 for bad input.
+
+How the checks read the guest:
+
+- **Drivers**: a driver counts as available early when the kernel builds it in
+  (`/boot/config-VERSION` says `=y`, or `modules.builtin` lists it) or the initramfs carries
+  it. The initramfs is listed in imgsmith's own process, running nothing from the image:
+  the uncompressed early cpio (microcode) that dracut and initramfs-tools prepend, then the
+  compressed main cpio (gzip, xz, lzma, bzip2, zstd). `net-driver` also accepts a module
+  installed under `/lib/modules/VERSION`.
+- **cloud-init**: installed (`/usr/bin/cloud-init`), enabled (a `cloud-init*.service` link in
+  an `/etc/systemd/system/*.wants/` directory, and no `/etc/cloud/cloud-init.disabled`), and
+  `datasource_list` from `/etc/cloud/cloud.cfg` then `cloud.cfg.d/*.cfg` in lexical order (the
+  last one wins, as in cloud-init) either unset (cloud-init's default list detects every
+  datasource) or naming the cloud's datasource.
+- **Layout**: the partition table, the partitions' types, filesystems, UUIDs and labels come
+  from the Guest API (`partition_table()`, `partitions()`), identical on both backends. BIOS
+  boot means an MBR disk or a GPT disk with a BIOS boot partition; UEFI boot means an EFI
+  system partition. The root partition is "last" when no partition starts after it.
+- **A disk without an operating system** is not a command error: each cloud reports its
+  `root-found` rule (Tencent's `RootPartitionNotFound`).
+
+"""
+
+
+def render_clouds_doc() -> str:
+    parts = [HEADER]
+    for profile in PROFILES.values():
+        parts.append(f"## {profile.name} — {profile.description}\n\n")
+        facts = [f"formats it imports: {', '.join(profile.formats)} (preset `{profile.preset}`)",
+                 f"boot modes: {', '.join(m.upper() for m in profile.boot_modes)}; partition tables: "
+                 + ", ".join(t.upper() for t in profile.partition_tables)]
+        if profile.drivers or profile.late_drivers:
+            groups = [" or ".join(g) for g in profile.drivers]
+            late = [" or ".join(g) for g in profile.late_drivers]
+            facts.append("drivers needed early: " + (", ".join(groups) or "none")
+                         + ("; network: " + ", ".join(late) if late else ""))
+        if profile.datasources:
+            facts.append(f"cloud-init datasource: {' or '.join(profile.datasources)}")
+        parts.append("".join(f"- {f}\n" for f in facts) + "\n")
+        parts.append("| rule | severity | cloud's error | what it checks | source |\n|---|---|---|---|---|\n")
+        for rule in profile.rules:
+            parts.append(f"| `{profile.rule_id(rule)}` | {rule.severity} | {rule.error_name or ''} | {rule.text} "
+                         f"| <{rule.source}> |\n")
+        parts.append("\n")
+    return "".join(parts).rstrip("\n") + "\n"
