@@ -39,6 +39,7 @@ class BuildOptions:
     cache_dir: Path | None = None
     backend: str | None = None  # None: the definition's backend (default auto)
     trust_image: bool = False  # lets auto use chroot on a source without a checksum
+    check: bool = True  # judge each cloud preset's output for its cloud (imgsmith check)
 
 
 @dataclass(frozen=True)

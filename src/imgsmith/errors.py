@@ -21,6 +21,7 @@ __all__ = [
     "OperationError",
     "Problem",
     "ProcessError",
+    "ReadinessError",
     "UsageError",
     "error_document",
 ]
@@ -112,6 +113,10 @@ class HostIOError(ImgsmithError):
         where = exc.filename if exc.filename is not None else "?"
         super().__init__(f"{doing}: {where}: {exc.strerror or exc}")
         self.errno = exc.errno
+
+
+class ReadinessError(ImgsmithError):
+    """A build's output would be refused by its cloud: one line per error finding (imgsmith check)."""
 
 
 class ChecksumError(ImgsmithError):

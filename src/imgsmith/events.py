@@ -25,12 +25,13 @@ class StageKind(StrEnum):
     LAYER = "layer"
     SYSPREP = "sysprep"
     OUTPUTS = "outputs"
+    CHECKS = "checks"
     MANIFEST = "manifest"
     BOOT = "boot"
 
 
 _TITLES = {StageKind.SOURCE: "source", StageKind.SYSPREP: "sysprep", StageKind.OUTPUTS: "outputs",
-           StageKind.MANIFEST: "manifest", StageKind.BOOT: "boot test"}
+           StageKind.CHECKS: "checks", StageKind.MANIFEST: "manifest", StageKind.BOOT: "boot test"}
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from .definition import LoadedDefinition
 from .disk import qemuimg
 from .disk.convert import ConvertResult, convert_many
 from .disk.sizes import format_size
-from .errors import HostIOError, ImgsmithError
+from .errors import HostIOError, ImgsmithError, ReadinessError
 from .events import Message, Notice, Progress, Sink, StageFinished, StageKind, StageStarted, Warn, discard
 from .guest.facts import installed_packages, kernels
 from .guest.session import open_guest
@@ -99,6 +99,8 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
     nothing_to_do: bool = False
     boot: dict[str, Any] | None = None
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # by output name: cloud, findings
+    refused: list[str] = field(default_factory=list)  # outputs removed because their cloud would refuse them
 
     @property
     def launches(self) -> int:
@@ -304,12 +306,17 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
         facts, backend = _cached_facts(store, the_plan)
     result.outputs = _write_outputs(the_plan, final, store=store, emit=emit, timings=timings,
                                     patch=not options.no_cache)
+    result.checks = _check_outputs(the_plan, result.outputs, final, emit=emit, timings=timings, enabled=options.check)
+    refused = _refused(result)
     record = _manifest(the_plan, result, facts=facts, backend=backend, accel_name=accel.detect().name)
     with _stage(emit, StageStarted(StageKind.MANIFEST, os.fspath(out_dir / "manifest.json"))), \
             _doing(f"writing the manifest into {out_dir}"):
         out_dir.mkdir(parents=True, exist_ok=True)
         result.manifest = write_manifest(out_dir, record)
         write_sums(out_dir, [r.to_json() for r in result.outputs])
+    if refused:
+        raise ReadinessError("\n".join(refused), hint="see docs/clouds.md; `imgsmith check IMAGE --for CLOUD` "
+                             "shows every finding, and a `cloud-ready: CLOUD` step fixes the known ones")
     run_boot = options.boot_test if options.boot_test is not None else bool(
         loaded.definition.test and loaded.definition.test.boot)
     if run_boot:
@@ -328,6 +335,8 @@ def _manifest(plan: BuildPlan, result: BuildResult, *, facts: GuestFacts | None,
         entry = r.to_json()
         entry["path"] = r.path.name
         entry["mtime_ns"] = r.path.stat().st_mtime_ns
+        if r.path.name in result.checks:
+            entry["checks"] = result.checks[r.path.name]
         outputs.append(entry)
     sysprep = d.sysprep
     return {
@@ -341,6 +350,7 @@ def _manifest(plan: BuildPlan, result: BuildResult, *, facts: GuestFacts | None,
                     "remove_user_accounts": sorted(sysprep.options.remove_users) if sysprep else [],
                     "dropped": [{"operation": n, "why": w} for n, w in plan.dropped_sysprep]},
         "outputs": outputs,
+        "refused": [{"path": name, "checks": result.checks[name]} for name in result.refused],
         "guest": facts.to_json() if facts else None,
         "accelerator": accel_name,
         "timings": {k: round(v, 2) for k, v in result.timings.items()},
@@ -373,6 +383,57 @@ def _write_outputs(plan: BuildPlan, final: tuple[Path, str], *, store: LayerStor
         for note in r.notes:
             emit(Warn(f"{r.path.name}: {note}"))
     return results
+
+
+def _check_outputs(plan: BuildPlan, results: list[ConvertResult], final: tuple[Path, str], *, emit: Sink,
+                   timings: dict[str, float], enabled: bool) -> dict[str, dict[str, Any]]:
+    """Each output with a cloud preset, judged for that cloud (``imgsmith check``) in one read-only session."""
+    from .clouds import PROFILES
+    from .clouds.check import OutputCheck, check_outputs
+    from .clouds.facts import ImageFacts
+    todo = [r for r in results if r.preset in PROFILES]
+    if not todo:
+        return {}
+    if not enabled:
+        return {r.path.name: {"cloud": r.preset, "skipped": "--no-check"} for r in todo}
+    clouds = sorted({str(r.preset) for r in todo})
+    qcow2 = qemuimg.measure_qcow2(final[0], final[1]) if "tencent" in clouds else None
+    wanted = [OutputCheck(r.path.name, str(r.preset),
+                          ImageFacts(r.path, r.format, r.virtual_size, str(r.options.get("subformat", "")),
+                                     qcow2 if r.preset == "tencent" else None)) for r in todo]
+    started = StageStarted(StageKind.CHECKS, f"{len(wanted)} output(s) for {', '.join(clouds)}")
+    with _stage(emit, started, timings, "checks"):
+        backend, found = check_outputs(final[0], final[1], wanted, session=plan.session,
+                                       message=lambda m: emit(Message(m)))
+    out: dict[str, dict[str, Any]] = {}
+    for o in wanted:
+        findings = found.get(o.name, [])
+        errors = [f.to_json() for f in findings if f.severity == "error"]
+        warnings = [f.to_json() for f in findings if f.severity != "error"]
+        out[o.name] = {"cloud": o.cloud, "backend": backend, "errors": errors, "warnings": warnings}
+        for w in warnings:
+            emit(Warn(f"{o.name}: {w['rule']}: {w['found']}"))
+    return out
+
+
+def _refused(result: BuildResult) -> list[str]:
+    """Outputs their cloud would refuse are removed (nobody should upload them); one line per error."""
+    lines: list[str] = []
+    kept = []
+    for r in result.outputs:
+        errors = result.checks.get(r.path.name, {}).get("errors") or []
+        if not errors:
+            kept.append(r)
+            continue
+        for e in errors:
+            name = f" ({e['error_name']})" if e.get("error_name") else ""
+            fix = f" — fix: {e['fix']}" if e["fix"] else ""
+            lines.append(f"{r.path.name}: {e['rule']}{name}: {e['found']}{fix}")
+        for path in (r.path, r.path.with_name(r.path.name + ".sha256")):
+            path.unlink(missing_ok=True)
+    result.refused = [r.path.name for r in result.outputs if r not in kept]
+    result.outputs = kept
+    return lines
 
 
 def _boot_test(loaded: LoadedDefinition, results: list[ConvertResult], final: tuple[Path, str], emit: Sink,

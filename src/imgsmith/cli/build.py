@@ -21,9 +21,10 @@ if TYPE_CHECKING:  # the pipeline pulls in pydantic and the guest modules: impor
 EPILOG = """\
 The build reuses every cached layer whose inputs are unchanged (a layer's key hashes
 its parent, its steps and the content of every host file they read), launches the
-appliance once per changed layer, converts all outputs in parallel, writes
-manifest.json and SHA256SUMS next to them, and boot-tests the result if the
-definition's test: section asks for it.
+appliance once per changed layer, converts all outputs in parallel, judges each cloud
+preset's output for its cloud (as `imgsmith check` does: an error removes that output
+and fails the build, warnings go to the manifest), writes manifest.json and SHA256SUMS
+next to them, and boot-tests the result if the definition's test: section asks for it.
 
 examples:
   imgsmith build examples/debian12.yaml
@@ -54,6 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--trust-image", action="store_true",
                    help="treat a source without a checksum as trusted (lets auto use the chroot backend)")
     p.add_argument("-m", "--memsize", type=int, default=None, metavar="MB", help="appliance memory in MiB")
+    p.add_argument("--no-check", dest="check", action="store_false", default=True,
+                   help="do not judge cloud preset outputs for their cloud (the manifest says they were not)")
     p.add_argument("--no-network", dest="network", action="store_false", default=True,
                    help="disable the appliance network")
     p.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
@@ -172,7 +175,7 @@ def _json_result(loaded: LoadedDefinition, result: BuildResult, args: argparse.N
         "dropped_sysprep": [n for n, _ in result.plan.dropped_sysprep],
         "outputs": [r.to_json() for r in result.outputs], "manifest": str(result.manifest or ""),
         "launches": result.launches, "sessions": result.sessions, "backend": result.backend,
-        "seconds": round(seconds, 2), "boot_test": result.boot,
+        "seconds": round(seconds, 2), "boot_test": result.boot, "checks": result.checks,
     }
 
 
@@ -182,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_definition(args.definition, overrides=args.overrides)
     options = BuildOptions(output_dir=args.output_dir, no_cache=args.no_cache, dry_run=args.dry_run,
                            memsize=args.memsize, network=args.network, boot_test=args.boot_test,
-                           backend=args.backend, trust_image=args.trust_image)
+                           backend=args.backend, trust_image=args.trust_image, check=args.check)
     start = time.monotonic()
     live = use_live(sys.stderr, quiet=args.quiet, json_mode=args.json, debug=_debugging(args))
     result = (_build_live if live else _build_plain)(loaded, options, args)

@@ -26,7 +26,7 @@ from . import PROFILES
 from .base import ERROR, Finding, Hit, Profile, Rule
 from .facts import Facts, ImageFacts, read_image_facts
 
-__all__ = ["CheckReport", "check_image", "parse_clouds", "run_rules"]
+__all__ = ["CheckReport", "OutputCheck", "check_image", "check_outputs", "parse_clouds", "run_rules"]
 
 
 @dataclass
@@ -128,3 +128,41 @@ def check_image(path: Path, clouds: Sequence[str], *, fmt: str | None = None,
             report.findings = _no_root(clouds, exc.message, path)
     report.seconds = round(time.monotonic() - start, 2)
     return report
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """One build output to judge for one cloud: its name and how the cloud will see the file."""
+
+    name: str
+    cloud: str
+    image: ImageFacts
+
+
+def check_outputs(final: Path, fmt: str, outputs: Sequence[OutputCheck], *,
+                  session: SessionOptions = SessionOptions(),
+                  message: Callable[[str], None] = lambda _m: None) -> tuple[str, dict[str, list[Finding]]]:
+    """Judge a build's outputs, each for its cloud, in one read-only session on the *final* layer.
+
+    The guest's facts (drivers, fstab, cloud-init...) are the same for every output, so they
+    are read once; only the image facts (format, size, subformat) differ per output. Returns
+    the backend used and the findings by output name.
+    """
+    session = dataclasses.replace(session, network=False, readonly=False)
+    found: dict[str, list[Finding]] = {}
+    if not outputs:
+        return session.choice().name, found
+    for o in outputs:
+        parse_clouds(o.cloud)
+    with overlay(disk_info(final, fmt)) as top:
+        try:
+            with open_guest(top, "qcow2", session, message=message) as guest:
+                facts = Facts(guest, outputs[0].image)
+                for o in outputs:
+                    facts.image = o.image  # no cached guest fact depends on the image: one Facts serves all
+                    found[o.name] = run_rules(facts, [o.cloud])
+                return guest.backend, found
+        except GuestError as exc:
+            if not exc.message.startswith(("no operating system", "the disk holds several")):
+                raise
+            return session.choice().name, {o.name: _no_root([o.cloud], exc.message, o.image.path) for o in outputs}
