@@ -42,4 +42,8 @@ def test_debian12_example_builds_and_boots(tmp_path: Path) -> None:
     assert any(k for k in guest["kernels"])
     vhd = next(o for o in manifest["outputs"] if o["path"].endswith(".vhd"))
     assert vhd["virtual_size"] % (1 << 20) == 0  # Azure: a whole number of MiB
+    # The Azure output was judged for Azure after conversion: no error, as a fixed VHD.
+    assert vhd["checks"]["cloud"] == "azure" and vhd["checks"]["errors"] == [], vhd["checks"]
+    assert "azure.format-rules" not in {w["rule"] for w in vhd["checks"]["warnings"]}
+    assert result["checks"]["debian12-demo-azure.vhd"] == vhd["checks"]
     assert env["ROOT_PASSWORD"] not in r.stdout + r.stderr + (out / "manifest.json").read_text()
