@@ -82,28 +82,43 @@ def test_chroot_without_root_is_one_clear_error(tmp_path: Path) -> None:
 @pytest.mark.guest
 @ROOT_ONLY
 def test_inspection_matches_the_appliance(guest_images: dict[str, Path]) -> None:
-    """One appliance launch inspects all five guests; the chroot backend must report the same facts."""
+    """One appliance launch: libguestfs's own inspect_os and imgsmith's inspection over the same handle
+    must agree on all five guests (facts and mountpoints); then the chroot backend must report the same."""
     import guestfs
 
+    from imgsmith.guest.api import OSInfo
+    from imgsmith.guest.libguestfs import inspect_roots
     from imgsmith.guest.session import SessionOptions, open_guest
+
+    def facts(o: OSInfo) -> dict[str, object]:
+        return {"type": o.type, "distro": o.distro, "major_version": o.major, "minor_version": o.minor,
+                "arch": o.arch, "product_name": o.product_name, "package_format": o.package_format,
+                "package_management": o.package_management, "hostname": o.hostname,
+                "mountpoints": dict(o.mountpoints)}
+
     g = guestfs.GuestFS(python_return_dict=True)
     for distro in DISTROS:
         g.add_drive_opts(os.fspath(guest_images[distro]), format="qcow2", readonly=1)
     g.launch()
     fields = ("type", "distro", "major_version", "minor_version", "arch", "product_name", "package_format",
               "package_management", "hostname")
-    theirs = {}
+    theirs, by_root = {}, {}
     for root in g.inspect_os():
-        theirs[g.inspect_get_hostname(root)] = {f: getattr(g, f"inspect_get_{f}")(root) for f in fields}
+        theirs[g.inspect_get_hostname(root)] = by_root[root] = {
+            **{f: getattr(g, f"inspect_get_{f}")(root) for f in fields},
+            "mountpoints": g.inspect_get_mountpoints(root)}
+    g.umount_all()
+    appliance = {o.root: facts(o) for o in inspect_roots(g)}
     g.close()
+    assert appliance == by_root
+    assert sorted(appliance) == [f"/dev/sd{c}1" for c in "abcde"]
     for distro in DISTROS:
         with open_guest(guest_images[distro], "qcow2", SessionOptions(backend="chroot")) as guest:
-            o = guest.os
-            ours = {"type": o.type, "distro": o.distro, "major_version": o.major, "minor_version": o.minor,
-                    "arch": o.arch, "product_name": o.product_name, "package_format": o.package_format,
-                    "package_management": o.package_management, "hostname": o.hostname}
-            assert (o.root, o.mountpoints) == ("/dev/sda1", (("/", "/dev/sda1"),))
-        assert ours == theirs[f"{distro}.example.com"], distro
+            ours = facts(guest.os)
+            assert guest.os.root == "/dev/sda1"
+        want = dict(theirs[f"{distro}.example.com"])
+        want["mountpoints"] = {"/": "/dev/sda1"}  # its own disk is the chroot backend's /dev/sda
+        assert ours == want, distro
     assert sha256_file(guest_images["debian12"])  # still readable; opened read-only by convention
 
 

@@ -1,7 +1,9 @@
 """The appliance backend: the Guest API over one libguestfs handle.
 
 One handle, one launch per session: the drive is added with its format given
-explicitly, the OS is inspected, its filesystems are mounted as inspection says,
+explicitly, the OS is inspected by imgsmith's own rules (:mod:`imgsmith.guest.treeinspect`,
+the same as the chroot backend's; libguestfs's ``inspect_os`` costs ~13 s under TCG),
+its filesystems are mounted as /etc/fstab says,
 and every Guest call maps to one or two libguestfs calls. Errors from libguestfs
 (RuntimeError) become GuestError with the failing call named.
 """
@@ -9,7 +11,6 @@ and every Guest call maps to one or two libguestfs calls. Errors from libguestfs
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import re
@@ -21,9 +22,18 @@ from typing import Any, TypeVar
 from .. import proc
 from ..errors import GuestError, ProcessError
 from .api import Guest, OSInfo, Stat
-from .treeinspect import choose_root, init_system, selinux_enabled
+from .treeinspect import (
+    LINUX_FS,
+    TreeReader,
+    choose_root,
+    complete,
+    find_roots,
+    inspect_root,
+    looks_like_root,
+    mount_order,
+)
 
-__all__ = ["ApplianceGuest", "inspect_and_mount"]
+__all__ = ["ApplianceDevices", "ApplianceGuest", "inspect_and_mount", "inspect_roots"]
 
 log = logging.getLogger("imgsmith.guest")
 T = TypeVar("T")
@@ -39,39 +49,106 @@ def _call(what: str, fn: Callable[[], T]) -> T:
         raise GuestError(f"{what}: {msg}") from exc
 
 
-def inspect_and_mount(g: Any, root_choice: str = "single") -> OSInfo:
-    """Inspect the launched handle, mount the chosen root's filesystems, return what was found."""
-    roots = _call("inspection", g.inspect_os)
-    root = choose_root(roots, root_choice, g.inspect_get_product_name)
-    mps = _call("inspection", lambda: g.inspect_get_mountpoints(root))
-    for mp in sorted(mps, key=len):
-        try:
-            g.mount(mps[mp], mp)
-        except RuntimeError as exc:
-            log.warning("could not mount %s on %s: %s", mps[mp], mp, exc)
+class ApplianceDevices:
+    """The DeviceMap of a launched handle: libguestfs's own device names, tags looked up on demand."""
 
-    def text(fn: str) -> str:
+    def __init__(self, handle: Any) -> None:
+        self.g = handle
+        self._disks: list[str] | None = None
+        self._parts: list[str] | None = None
+
+    def find_tag(self, tag: str, value: str) -> str | None:
         try:
-            return str(getattr(g, fn)(root))
+            if tag == "UUID":
+                return str(self.g.findfs_uuid(value))
+            if tag == "LABEL":
+                return str(self.g.findfs_label(value))
+            key = {"PARTUUID": "PART_ENTRY_UUID", "PARTLABEL": "PART_ENTRY_NAME"}[tag]
+            return next((p for p in self._partitions() if self.g.blkid(p).get(key, "").lower() == value.lower()),
+                        None)
         except RuntimeError:
-            return "unknown"
+            return None
 
-    def number(fn: str) -> int:
+    def disks(self) -> list[str]:
+        if self._disks is None:
+            self._disks = list(_call("list devices", self.g.list_devices))
+        return self._disks
+
+    def _partitions(self) -> list[str]:
+        if self._parts is None:
+            self._parts = list(_call("list partitions", self.g.list_partitions))
+        return self._parts
+
+    def is_partition(self, device: str) -> bool:
+        return device in self._partitions()
+
+    def canonical_lv(self, mapper: str) -> str | None:
         try:
-            return int(getattr(g, fn)(root))
-        except (RuntimeError, ValueError):
-            return 0
+            return str(self.g.lvm_canonical_lv_name(mapper))
+        except RuntimeError:
+            return None
 
-    info = OSInfo(
-        type=text("inspect_get_type"), distro=text("inspect_get_distro"),
-        major=number("inspect_get_major_version"), minor=number("inspect_get_minor_version"),
-        arch=text("inspect_get_arch"), product_name=text("inspect_get_product_name"),
-        package_format=text("inspect_get_package_format"),
-        package_management=text("inspect_get_package_management"),
-        hostname=text("inspect_get_hostname"), root=root, mountpoints=tuple(sorted(mps.items())),
-    )
-    probe = ApplianceGuest(g, info)
-    return dataclasses.replace(info, selinux=selinux_enabled(probe), init=init_system(probe))
+
+def _candidates(g: Any) -> list[str]:
+    """Filesystems that could hold a Linux root (LVs and btrfs subvolumes included), in libguestfs's order."""
+    fss = _call("list filesystems", g.list_filesystems)
+    return [dev for dev, fs in fss.items() if fs in LINUX_FS]
+
+
+def _probe(g: Any, reader: ApplianceGuest) -> Callable[[str], contextlib.AbstractContextManager[TreeReader | None]]:
+    @contextlib.contextmanager
+    def probe(dev: str) -> Iterator[TreeReader | None]:
+        try:
+            g.mount_ro(dev, "/")
+        except RuntimeError:
+            yield None  # like libguestfs: a filesystem that does not mount is not a root
+            return
+        try:
+            yield reader
+        finally:
+            g.umount_all()
+    return probe
+
+
+def inspect_roots(g: Any) -> list[OSInfo]:
+    """Every Linux root on the launched handle, inspected read-only (``imgsmith info --inspect``)."""
+    return find_roots(_candidates(g), _probe(g, ApplianceGuest(g)), ApplianceDevices(g))
+
+
+def _mount_rest(g: Any, info: OSInfo) -> None:
+    for mp, dev in mount_order(info.mountpoints):
+        try:
+            g.mount(dev, mp)
+        except RuntimeError as exc:
+            log.warning("could not mount %s on %s: %s", dev, mp, exc)
+
+
+def inspect_and_mount(g: Any, root_choice: str = "single", known: OSInfo | None = None) -> OSInfo:
+    """Find the root, mount it and what its fstab lists, and return the facts (see treeinspect).
+
+    With *known* facts (a build's earlier layer inspected the same guest) nothing is
+    searched: the known root and mountpoints are mounted and only the facts an earlier
+    layer may have changed (hostname, SELinux, init) are read again.
+    """
+    reader, devices = ApplianceGuest(g), ApplianceDevices(g)
+    if known is not None:
+        _call(f"mount {known.root}", lambda: g.mount(known.root, "/"))
+        info = known
+    else:
+        candidates = _candidates(g)
+        if len(candidates) == 1:  # the common cloud image: no read-only probe, inspect the real mount
+            _call(f"mount {candidates[0]}", lambda: g.mount(candidates[0], "/"))
+            if not looks_like_root(reader):
+                g.umount_all()
+                choose_root([], root_choice, str)  # raises "no operating system was found"
+            choose_root(candidates, root_choice, str)
+            info = inspect_root(reader, candidates[0], devices)
+        else:
+            roots = {i.root: i for i in find_roots(candidates, _probe(g, reader), devices)}
+            info = roots[choose_root(list(roots), root_choice, lambda r: roots[r].product_name)]
+            _call(f"mount {info.root}", lambda: g.mount(info.root, "/"))
+    _mount_rest(g, info)
+    return complete(info, reader)
 
 
 class ApplianceGuest(Guest):
@@ -79,9 +156,10 @@ class ApplianceGuest(Guest):
 
     backend = "appliance"
 
-    def __init__(self, handle: Any, os_info: OSInfo) -> None:
+    def __init__(self, handle: Any, os_info: OSInfo | None = None) -> None:
         self.g = handle
-        self.os = os_info
+        if os_info is not None:
+            self.os = os_info
 
     # --- queries
     def exists(self, path: str) -> bool:
@@ -123,6 +201,12 @@ class ApplianceGuest(Guest):
     def read(self, path: str) -> bytes:
         data = _call(f"read {path}", lambda: self.g.read_file(path))
         return data if isinstance(data, bytes) else str(data).encode("utf-8", "surrogateescape")
+
+    def read_head(self, path: str, size: int) -> bytes:
+        return bytes(_call(f"read {path}", lambda: self.g.pread(path, size, 0)))
+
+    def size(self, path: str) -> int:
+        return int(_call(f"size {path}", lambda: self.g.filesize(path)))
 
     # --- changes
     def write(self, path: str, data: bytes) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .api import Guest
+from .api import Guest, OSInfo
 from .appliance import Drive, open_handle
 from .backend import Choice, choose
 from .libguestfs import ApplianceGuest, inspect_and_mount
@@ -48,6 +48,9 @@ class SessionOptions:
     backend: str = "auto"  # auto | appliance | chroot
     trusted: bool = False  # verified source or --trust-image: lets auto pick chroot
     expose: str = field(default_factory=_default_expose)  # chroot: fuse | raw
+    # Facts an earlier session found on this guest (a build's first layer): a later layer mounts the
+    # known root and mountpoints instead of searching again. Not part of any cache key.
+    known: OSInfo | None = None
 
     def choice(self) -> Choice:
         return choose(self.backend, trusted=self.trusted, expose=self.expose)
@@ -65,7 +68,7 @@ def _appliance(disk: Path, fmt: str, options: SessionOptions) -> Iterator[Guest]
     g = open_handle([Drive(disk, fmt, options.readonly)], network=options.network,
                     memsize=options.memsize, trace=options.trace)
     try:
-        guest = ApplianceGuest(g, inspect_and_mount(g, options.root))
+        guest = ApplianceGuest(g, inspect_and_mount(g, options.root, options.known))
         _describe(guest)
         yield guest
         g.umount_all()
@@ -84,7 +87,8 @@ def _chroot(disk: Path, fmt: str, options: SessionOptions) -> Iterator[Guest]:
     session = Session(f"chroot {disk}")
     with session.held():
         device = expose(session, disk, fmt, method=options.expose, workdir=disk.parent)
-        guest = mount_guest(session, device, root_choice=options.root, network=options.network)
+        guest = mount_guest(session, device, root_choice=options.root, network=options.network,
+                            known=options.known)
         _describe(guest)
         yield guest
         for kind in ("mount", "loop", "daemon", "fuse"):  # flush in order: fs, loop, qcow2
