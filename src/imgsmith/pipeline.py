@@ -270,8 +270,6 @@ def _build_layer(layer: PlannedLayer, parent: tuple[Path, str], *, session: Sess
     The layer is published only on success. Its key does not depend on the backend:
     both give the same guest, so a layer built either way serves both.
     """
-    from .disk.resize import resize_disk
-    from .disk.sizes import parse_size
     from .sysprep.run import apply_sysprep
     meta: dict[str, Any] = {"definition": facts["definition"], "layer": layer.name, "parent_key": layer.parent_key,
                             "token": layer.token}
@@ -279,8 +277,9 @@ def _build_layer(layer: PlannedLayer, parent: tuple[Path, str], *, session: Sess
     def apply(path: Path) -> None:
         if layer.resize:
             reporter.message(f"growing the disk to {layer.resize}")
-            resize_disk(path, parse_size(layer.resize), "qcow2")
-        with open_guest(path, "qcow2", session, message=reporter.message) as guest:
+        with open_guest(path, "qcow2", session.for_layer(grow_to=layer.resize, known=facts.get("os")),
+                        message=reporter.message) as guest:
+            facts["os"] = guest.os
             facts["backend"] = meta["backend"] = guest.backend
             ctx = ApplyContext(guest=guest, settings=Settings(), message=reporter.message, warn=reporter.warn,
                                output=reporter.message)

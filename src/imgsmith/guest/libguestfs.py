@@ -11,6 +11,7 @@ and every Guest call maps to one or two libguestfs calls. Errors from libguestfs
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from .treeinspect import (
     choose_root,
     complete,
     find_roots,
+    fstab_mountpoints,
     inspect_root,
     looks_like_root,
     mount_order,
@@ -127,13 +129,13 @@ def inspect_and_mount(g: Any, root_choice: str = "single", known: OSInfo | None 
     """Find the root, mount it and what its fstab lists, and return the facts (see treeinspect).
 
     With *known* facts (a build's earlier layer inspected the same guest) nothing is
-    searched: the known root and mountpoints are mounted and only the facts an earlier
-    layer may have changed (hostname, SELinux, init) are read again.
+    searched: the known root is mounted, and only what an earlier layer may have changed
+    (fstab, hostname, SELinux, init) is read again.
     """
     reader, devices = ApplianceGuest(g), ApplianceDevices(g)
     if known is not None:
         _call(f"mount {known.root}", lambda: g.mount(known.root, "/"))
-        info = known
+        info = dataclasses.replace(known, mountpoints=fstab_mountpoints(reader, known.root, devices))
     else:
         candidates = _candidates(g)
         if len(candidates) == 1:  # the common cloud image: no read-only probe, inspect the real mount

@@ -11,6 +11,7 @@ fall back to the appliance.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 from collections.abc import Callable, Iterator
@@ -28,12 +29,13 @@ from .treeinspect import (
     choose_root,
     complete,
     find_roots,
+    fstab_mountpoints,
     inspect_root,
     looks_like_root,
     mount_order,
 )
 
-__all__ = ["mount_guest"]
+__all__ = ["ChrootDevices", "check_supported", "mount_guest", "mount_partition"]
 
 log = logging.getLogger("imgsmith.guest")
 
@@ -123,7 +125,12 @@ def _mount_rest(session: Session, root: Path, info: OSInfo, by_name: dict[str, P
         _mount(session, sub, target)
 
 
-def _check(device: BlockDevice) -> list[Partition]:
+def mount_partition(session: Session, part: Partition, target: Path) -> None:
+    """Mount one guest filesystem read-write at a host directory (recorded in *session*)."""
+    _mount(session, part, target)
+
+
+def check_supported(device: BlockDevice) -> list[Partition]:
     """The Linux filesystems of *device*; raise ChrootUnsupported for what this backend cannot mount."""
     for part in device.partitions:
         if part.fstype in _UNSUPPORTED:
@@ -143,15 +150,15 @@ def mount_guest(session: Session, device: BlockDevice, *, root_choice: str = "si
     The rules are the appliance backend's (:mod:`imgsmith.guest.treeinspect`); with
     *known* facts from an earlier layer the root and mountpoints are taken as they are.
     """
-    candidates = _check(device)
+    candidates = check_supported(device)
     by_name = {p.name: p for p in candidates}
     devices = ChrootDevices(device)
     root = session.dir / "root"
     root.mkdir(exist_ok=True)
     guest = ChrootGuest(root, device, session, network=network)
     if known is not None:
-        info = known
         _mount(session, _known_part(by_name, known.root), root)
+        info = dataclasses.replace(known, mountpoints=fstab_mountpoints(guest, known.root, devices))
     elif len(candidates) == 1:  # the common cloud image: skip the read-only probe
         _mount(session, candidates[0], root)
         if not looks_like_root(guest):
