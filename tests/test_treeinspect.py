@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 
 from imgsmith.errors import GuestError
+from imgsmith.guest.api import Stat
 from imgsmith.guest.treeinspect import arch_of, fstab_mountpoints, inspect_root, looks_like_root
 
 
@@ -62,8 +63,13 @@ class Tree:
     def read_head(self, path: str, size: int) -> bytes:
         return self.read(path)[:size]
 
-    def size(self, path: str) -> int:
-        return len(self.read(path))
+    def stat(self, path: str) -> Stat:
+        p = self._follow(path)
+        if p not in self.nodes:
+            raise GuestError(f"stat {path}: No such file or directory")
+        node = self.nodes[p]
+        return Stat(mode=0o100644 if isinstance(node, bytes) else 0o040755, uid=0, gid=0,
+                    size=len(node) if isinstance(node, bytes) else 0)
 
 
 class Devices:

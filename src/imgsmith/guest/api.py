@@ -203,10 +203,6 @@ class Guest(ABC):
         """The first *size* bytes of *path* (backends override it to avoid reading the whole file)."""
         return self.read(path)[:size]
 
-    def size(self, path: str) -> int:
-        """The size of *path* in bytes, symlinks followed."""
-        return self.stat(path).size
-
     def read_text(self, path: str) -> str:
         return self.read(path).decode("utf-8", "surrogateescape")
 

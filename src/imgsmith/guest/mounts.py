@@ -172,7 +172,7 @@ def mount_guest(session: Session, device: BlockDevice, *, root_choice: str = "si
         info = roots[choose_root(list(roots), root_choice, lambda r: roots[r].product_name)]
         _mount(session, by_name[info.root], root)
     _mount_rest(session, root, info, by_name)
-    guest.os = complete(info, guest)
+    guest.os = complete(info, guest) if known is not None or mount_order(info.mountpoints) else info
     host = _HOST_ARCH.get(platform.machine(), platform.machine())
     if guest.os.arch not in ("unknown", host):
         raise ChrootUnsupported(f"the guest is {guest.os.arch} and this host is {host}: its programs cannot run here",

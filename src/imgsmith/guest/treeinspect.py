@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import GuestError
-from .api import OSInfo
+from .api import OSInfo, Stat
 
 __all__ = [
     "LINUX_FS",
@@ -63,7 +63,7 @@ class TreeReader(Protocol):
     def realpath(self, path: str) -> str: ...
     def read(self, path: str) -> bytes: ...
     def read_head(self, path: str, size: int) -> bytes: ...
-    def size(self, path: str) -> int: ...
+    def stat(self, path: str) -> Stat: ...
 
 
 class DeviceMap(Protocol):
@@ -82,9 +82,13 @@ class DeviceMap(Protocol):
 
 
 def _lines(r: TreeReader, path: str) -> list[str] | None:
-    """libguestfs's read_small_file: the lines of a regular file under 2 MB (symlinks followed)."""
+    """libguestfs's read_small_file: the lines of a regular file under 2 MB (symlinks followed).
+
+    One stat and one read: every call is a round trip into the appliance.
+    """
     try:
-        if not r.is_file(path, follow=True) or r.size(path) > _SMALL:
+        st = r.stat(path)
+        if not st.is_file or st.size > _SMALL:
             return None
         return r.read(path).decode("utf-8", "surrogateescape").split("\n")
     except GuestError:
@@ -138,10 +142,10 @@ _ROLLING = ("archlinux", "gentoo", "voidlinux")
 _LSB_IDS = {"CoreOS": "coreos", "LinuxMint": "linuxmint", "Mageia": "mageia", "Ubuntu": "ubuntu"}
 
 
-def _os_release(r: TreeReader, path: str, d: _Release) -> bool:
-    lines = _lines(r, path)
-    if lines is None:
-        return False
+Parse = Callable[[list[str], _Release], bool]
+
+
+def _os_release(lines: list[str], d: _Release) -> bool:
     for key, value in _key_values(lines, _shell_unquote):
         if key == "ID":
             distro = _OS_RELEASE_IDS.get(value) or ("opensuse" if value.startswith("opensuse-") else None)
@@ -165,9 +169,9 @@ def _os_release(r: TreeReader, path: str, d: _Release) -> bool:
     return d.version is not None
 
 
-def _lsb_release(r: TreeReader, path: str, d: _Release) -> bool:
+def _lsb_release(lines: list[str], d: _Release) -> bool:
     ok = False
-    for key, value in _key_values(_lines(r, path) or [], _simple_unquote):
+    for key, value in _key_values(lines, _simple_unquote):
         if key == "DISTRIB_ID" and value in _LSB_IDS:
             d.distro, ok = _LSB_IDS[value], True
         elif key == "DISTRIB_RELEASE":
@@ -177,10 +181,9 @@ def _lsb_release(r: TreeReader, path: str, d: _Release) -> bool:
     return ok
 
 
-def _generic(distro: str, rex: str | None = None) -> Callable[[TreeReader, str, _Release], bool]:
+def _generic(distro: str, rex: str | None = None) -> Parse:
     """parse_generic: the first line is the product name; *rex* (if given) must match it for a version."""
-    def parse(r: TreeReader, path: str, d: _Release) -> bool:
-        lines = _lines(r, path)
+    def parse(lines: list[str], d: _Release) -> bool:
         first = lines[0] if lines else ""
         if not first:
             return False
@@ -197,8 +200,7 @@ def _generic(distro: str, rex: str | None = None) -> Callable[[TreeReader, str, 
     return parse
 
 
-def _suse_release(r: TreeReader, path: str, d: _Release) -> bool:
-    lines = _lines(r, path)
+def _suse_release(lines: list[str], d: _Release) -> bool:
     if not lines:
         return False
     d.product = lines[0]
@@ -214,8 +216,8 @@ def _suse_release(r: TreeReader, path: str, d: _Release) -> bool:
     return True
 
 
-def _set(distro: str) -> Callable[[TreeReader, str, _Release], bool]:
-    def parse(_r: TreeReader, _path: str, d: _Release) -> bool:
+def _set(distro: str) -> Parse:
+    def parse(_lines: list[str], d: _Release) -> bool:
         d.distro = distro
         return True
     return parse
@@ -227,7 +229,7 @@ def _rh(name: str) -> tuple[str, str, str]:
 
 _OL, _CENTOS, _RHEL, _SL = _rh("Oracle Linux"), _rh("CentOS"), _rh("Red Hat"), _rh("Scientific Linux")
 _ROCKY = _rh("Rocky Linux")[1:]
-_TESTS: tuple[tuple[str, Callable[[TreeReader, str, _Release], bool]], ...] = (
+_TESTS: tuple[tuple[str, Parse], ...] = (
     ("/etc/os-release", _os_release),
     ("/etc/lsb-release", _lsb_release),
     ("/etc/openmandriva-release", _generic("openmandriva", r"OpenMandriva.*release (\d+)\.(\d+)\.?(\d+)? .*")),
@@ -259,10 +261,14 @@ _TESTS: tuple[tuple[str, Callable[[TreeReader, str, _Release], bool]], ...] = (
 
 
 def _release(r: TreeReader) -> _Release:
-    """check_tests: run the release-file tests in order until one says it is done."""
+    """check_tests: run the release-file tests in order until one says it is done (each file read once)."""
     d = _Release()
+    read: dict[str, list[str] | None] = {}
     for path, parse in _TESTS:
-        if r.is_file(path, follow=True) and parse(r, path, d):
+        if path not in read:
+            read[path] = _lines(r, path)
+        lines = read[path]
+        if lines is not None and parse(lines, d):
             break
     return d
 
