@@ -82,28 +82,43 @@ def test_chroot_without_root_is_one_clear_error(tmp_path: Path) -> None:
 @pytest.mark.guest
 @ROOT_ONLY
 def test_inspection_matches_the_appliance(guest_images: dict[str, Path]) -> None:
-    """One appliance launch inspects all five guests; the chroot backend must report the same facts."""
+    """One appliance launch: libguestfs's own inspect_os and imgsmith's inspection over the same handle
+    must agree on all five guests (facts and mountpoints); then the chroot backend must report the same."""
     import guestfs
 
+    from imgsmith.guest.api import OSInfo
+    from imgsmith.guest.libguestfs import inspect_roots
     from imgsmith.guest.session import SessionOptions, open_guest
+
+    def facts(o: OSInfo) -> dict[str, object]:
+        return {"type": o.type, "distro": o.distro, "major_version": o.major, "minor_version": o.minor,
+                "arch": o.arch, "product_name": o.product_name, "package_format": o.package_format,
+                "package_management": o.package_management, "hostname": o.hostname,
+                "mountpoints": dict(o.mountpoints)}
+
     g = guestfs.GuestFS(python_return_dict=True)
     for distro in DISTROS:
         g.add_drive_opts(os.fspath(guest_images[distro]), format="qcow2", readonly=1)
     g.launch()
     fields = ("type", "distro", "major_version", "minor_version", "arch", "product_name", "package_format",
               "package_management", "hostname")
-    theirs = {}
+    theirs, by_root = {}, {}
     for root in g.inspect_os():
-        theirs[g.inspect_get_hostname(root)] = {f: getattr(g, f"inspect_get_{f}")(root) for f in fields}
+        theirs[g.inspect_get_hostname(root)] = by_root[root] = {
+            **{f: getattr(g, f"inspect_get_{f}")(root) for f in fields},
+            "mountpoints": g.inspect_get_mountpoints(root)}
+    g.umount_all()
+    appliance = {o.root: facts(o) for o in inspect_roots(g)}
     g.close()
+    assert appliance == by_root
+    assert sorted(appliance) == [f"/dev/sd{c}1" for c in "abcde"]
     for distro in DISTROS:
         with open_guest(guest_images[distro], "qcow2", SessionOptions(backend="chroot")) as guest:
-            o = guest.os
-            ours = {"type": o.type, "distro": o.distro, "major_version": o.major, "minor_version": o.minor,
-                    "arch": o.arch, "product_name": o.product_name, "package_format": o.package_format,
-                    "package_management": o.package_management, "hostname": o.hostname}
-            assert (o.root, o.mountpoints) == ("/dev/sda1", (("/", "/dev/sda1"),))
-        assert ours == theirs[f"{distro}.example.com"], distro
+            ours = facts(guest.os)
+            assert guest.os.root == "/dev/sda1"
+        want = dict(theirs[f"{distro}.example.com"])
+        want["mountpoints"] = {"/": "/dev/sda1"}  # its own disk is the chroot backend's /dev/sda
+        assert ours == want, distro
     assert sha256_file(guest_images["debian12"])  # still readable; opened read-only by convention
 
 
@@ -221,3 +236,54 @@ def test_foreign_architecture_errors_or_falls_back(fresh_guest: Callable[..., Pa
     out = json.loads(r.stdout)
     assert (out["backend"], out["launches"]) == ("appliance", 1)
     assert "/x" in tree(disk)
+
+
+def _two_os_disk(tmp: Path) -> Path:
+    """A raw disk with two Linux roots (ext4 on partitions 1 and 2), made without the appliance."""
+    disk = tmp / "two.raw"
+    with disk.open("wb") as f:
+        f.truncate(80 << 20)
+    subprocess.run(["sfdisk", "-q", disk], input=b"label: dos\nstart=2048, size=65536\nstart=67584, size=65536\n",
+                   check=True)
+    releases = {1: ("debian", 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n', "12.5\n"),
+                2: ("rocky", 'PRETTY_NAME="Rocky Linux 9.3 (Blue Onyx)"\nID="rocky"\nVERSION_ID="9.3"\n', None)}
+    for n, (name, os_release, debian_version) in releases.items():
+        root = tmp / f"root{n}"
+        for d in ("etc", "bin", "usr/bin", "tmp"):
+            (root / d).mkdir(parents=True)
+        (root / "etc/os-release").write_text(os_release)
+        (root / "etc/hostname").write_text(f"{name}-host\n")
+        (root / "etc/fstab").write_text(f"/dev/vda{n} / ext4 defaults 0 1\n")
+        if debian_version:
+            (root / "etc/debian_version").write_text(debian_version)
+        fs = tmp / f"fs{n}.img"
+        with fs.open("wb") as f:
+            f.truncate(32 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", root, fs], check=True)
+        subprocess.run(["dd", f"if={fs}", f"of={disk}", "bs=512", f"seek={2048 + (n - 1) * 65536}",
+                        "conv=notrunc,sparse", "status=none"], check=True)
+    return disk
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_several_roots_info_and_root_choice(tmp_path: Path) -> None:
+    """Two roots: `info --inspect` lists both (appliance), a session without --root refuses naming both,
+    --root picks one (chroot; the appliance applies the same choose_root to the same facts)."""
+    disk = _two_os_disk(tmp_path)
+    r = subprocess.run([*IMGSMITH, "info", str(disk), "--format", "raw", "--inspect", "--json"], capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    guests = {g["root"]: (g["distro"], g["version"], g["product_name"], g["hostname"], g["mountpoints"])
+              for g in json.loads(r.stdout)["guests"]}
+    assert guests == {"/dev/sda1": ("debian", "12.5", "12.5", "debian-host", {"/": "/dev/sda1"}),
+                      "/dev/sda2": ("rocky", "9.3", "Rocky Linux 9.3 (Blue Onyx)", "rocky-host",
+                                    {"/": "/dev/sda2"})}
+    argv = [*IMGSMITH, "customize", "-a", str(disk), "--format", "raw", "--backend", "chroot", "--touch", "/picked"]
+    r = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert r.returncode == 1
+    assert "imgsmith: error: the disk holds several operating systems: /dev/sda1 (12.5), /dev/sda2 (Rocky Linux " \
+           "9.3 (Blue Onyx))" in r.stderr
+    r = subprocess.run([*argv, "--root", "/dev/sda2", "--json"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["os"]["distro"] == "rocky"

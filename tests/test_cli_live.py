@@ -410,12 +410,12 @@ def test_cli_on_a_pipe_writes_plain_lines_and_never_imports_rich(served: Path, t
     assert "manifest: out/manifest.json" in stdout
 
 
-def test_cli_json_result_is_unchanged_and_never_imports_rich(served: Path, tmp_path: Path) -> None:
+def test_cli_json_result_keeps_its_keys_and_never_imports_rich(served: Path, tmp_path: Path) -> None:
     report, stdout, stderr = run_cli(tmp_path, ["build", os.fspath(served), "-o", "out", "--json"])
     assert report == {"rc": 0, "rich": []}, stderr
     data = json.loads(stdout)
     assert list(data) == ["name", "nothing_to_do", "dry_run", "output_dir", "layers", "dropped_sysprep", "outputs",
-                          "manifest", "launches", "sessions", "backend", "seconds", "boot_test"]
+                          "manifest", "launches", "sessions", "backend", "seconds", "boot_test", "checks"]
     assert [o["format"] for o in data["outputs"]] == ["qcow2", "vmdk"]
     assert stderr == ""
 

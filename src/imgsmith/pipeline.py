@@ -31,6 +31,7 @@ from .disk.convert import ConvertResult, convert_many
 from .disk.sizes import format_size
 from .errors import HostIOError, ImgsmithError, ReadinessError
 from .events import Message, Notice, Progress, Sink, StageFinished, StageKind, StageStarted, Warn, discard
+from .guest.api import OSInfo
 from .guest.facts import installed_packages, kernels
 from .guest.session import open_guest
 from .host import accel
@@ -79,6 +80,7 @@ class LayerOutcome:
     launches: int = 0  # appliance launches it cost
     facts: GuestFacts | None = None
     seconds: float = 0.0
+    os: OSInfo | None = None  # what the session found: a later layer's session starts from it
 
 
 @dataclass(frozen=True)
@@ -185,14 +187,12 @@ def _guest_facts(guest: Any) -> GuestFacts:
 
 
 def _build_layer(plan: BuildPlan, layer: PlannedLayer, parent: tuple[Path, str], *, store: LayerStore,
-                 emit: Sink) -> LayerOutcome:
+                 emit: Sink, known: OSInfo | None = None) -> LayerOutcome:
     """One guest session (one appliance launch, or a chroot): the layer's steps, then (last layer) sysprep.
 
     The layer is published only on success. Its key does not depend on the backend:
     both give the same guest, so a layer built either way serves both.
     """
-    from .disk.sizes import parse_size
-    from .guest.resize import resize_disk
     from .sysprep.run import apply_sysprep
     loaded = plan.definition
     meta: dict[str, Any] = {"definition": loaded.definition.name, "layer": layer.name,
@@ -204,9 +204,9 @@ def _build_layer(plan: BuildPlan, layer: PlannedLayer, parent: tuple[Path, str],
     def apply(path: Path) -> None:
         if layer.resize:
             emit(Message(f"growing the disk to {layer.resize}"))
-            resize_disk(path, parse_size(layer.resize), "qcow2")
-            found["launches"] = 1
-        with open_guest(path, "qcow2", session, message=lambda m: emit(Message(m))) as guest:
+        opened = session.for_layer(grow_to=layer.resize, known=known)
+        with open_guest(path, "qcow2", opened, message=lambda m: emit(Message(m))) as guest:
+            found["os"] = guest.os
             meta["backend"] = found["backend"] = guest.backend
             ctx = ApplyContext(guest=guest, settings=Settings(), message=lambda m: emit(Message(m)),
                                warn=lambda m: emit(Warn(m)), output=lambda m: emit(Notice(m)))
@@ -223,8 +223,9 @@ def _build_layer(plan: BuildPlan, layer: PlannedLayer, parent: tuple[Path, str],
 
     path = Path(store.build(layer.key, parent[0], parent[1], meta, apply))
     backend = found.get("backend")
-    launches = int(found.get("launches", 0)) + (1 if backend == "appliance" else 0)
-    return LayerOutcome(layer, path, False, backend, launches, found.get("facts"), time.monotonic() - start)
+    launches = 1 if backend == "appliance" else 0  # the grow runs in the same session: no launch of its own
+    return LayerOutcome(layer, path, False, backend, launches, found.get("facts"), time.monotonic() - start,
+                        found.get("os"))
 
 
 def _with_memsize(plan: BuildPlan, memsize: int) -> Any:
@@ -253,7 +254,8 @@ def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, ti
             continue
         started = StageStarted(StageKind.LAYER, f"{len(layer.ops)} step(s) ({how})", layer.index, count, layer.name)
         with _stage(emit, started, timings, f"layer:{layer.name}"):
-            outcome = _build_layer(plan, layer, parent, store=store, emit=emit)
+            known = next((x.os for x in reversed(outcomes) if x.os is not None), None)
+            outcome = _build_layer(plan, layer, parent, store=store, emit=emit, known=known)
         outcomes.append(outcome)
         parent = (outcome.path, "qcow2")
     return outcomes

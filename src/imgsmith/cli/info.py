@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "info", help="show a disk image's format, sizes, backing chain and snapshots",
         description="Show what qemu-img knows about DISK (format, virtual and allocated size, backing "
                     "chain, snapshots, format details); with --inspect also the guest operating system "
-                    "found by libguestfs inspection (one read-only appliance launch).")
+                    "found by inspection (one read-only appliance launch; the same rules and facts as customize and "
+                    "build).")
     p.add_argument("disk", metavar="DISK", help="disk image")
     p.add_argument("--format", metavar="FORMAT",
                    help="format of DISK (default: probed; give it for images you do not trust)")

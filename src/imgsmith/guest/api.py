@@ -43,6 +43,18 @@ class OSInfo:
     def describe(self) -> str:
         return f"{self.product_name or self.distro} {self.major}.{self.minor} ({self.arch})"
 
+    @property
+    def version(self) -> str:
+        return f"{self.major}.{self.minor}"
+
+    def to_json(self) -> dict[str, object]:
+        """The facts as ``imgsmith info --inspect --json`` and results report them."""
+        return {"root": self.root, "type": self.type, "distro": self.distro, "product_name": self.product_name,
+                "version": self.version, "major": self.major, "minor": self.minor, "arch": self.arch,
+                "hostname": self.hostname, "package_format": self.package_format,
+                "package_management": self.package_management, "selinux": self.selinux, "init": self.init,
+                "mountpoints": dict(self.mountpoints)}
+
 
 REDHAT_DISTROS = frozenset({
     "rhel", "centos", "fedora", "rocky", "almalinux", "oraclelinux", "scientificlinux",
@@ -208,6 +220,10 @@ class Guest(ABC):
         yield mountpoint
 
     # --- convenience built on the primitives --------------------------
+    def read_head(self, path: str, size: int) -> bytes:
+        """The first *size* bytes of *path* (backends override it to avoid reading the whole file)."""
+        return self.read(path)[:size]
+
     def read_text(self, path: str) -> str:
         return self.read(path).decode("utf-8", "surrogateescape")
 

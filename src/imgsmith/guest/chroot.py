@@ -187,6 +187,12 @@ class ChrootGuest(Guest):
     def read(self, path: str) -> bytes:
         return _os(f"read {path}", lambda: Path(self._h(path)).read_bytes())
 
+    def read_head(self, path: str, size: int) -> bytes:
+        def head() -> bytes:
+            with open(self._h(path), "rb") as f:
+                return f.read(size)
+        return _os(f"read {path}", head)
+
     # --- changes
     def _open_write(self, path: str, flags: int) -> int:
         h = self._h(path)

@@ -10,23 +10,35 @@ fall back to the appliance.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import platform
-import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .. import proc
 from ..errors import GuestError, ProcessError
 from ..host.rollback import Session
+from .api import OSInfo
 from .blockdev import BlockDevice, Partition
 from .chroot import ChrootGuest, ChrootUnsupported, resolve_in_root
-from .treeinspect import choose_root, fstab_entries, inspect_tree, looks_like_root
+from .treeinspect import (
+    LINUX_FS,
+    TreeReader,
+    choose_root,
+    complete,
+    find_roots,
+    fstab_mountpoints,
+    inspect_root,
+    looks_like_root,
+    mount_order,
+)
 
-__all__ = ["mount_guest"]
+__all__ = ["ChrootDevices", "check_supported", "mount_guest", "mount_partition"]
 
 log = logging.getLogger("imgsmith.guest")
 
-LINUX_FS = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 _UNSUPPORTED = {"LVM2_member": "an LVM physical volume", "crypto_LUKS": "LUKS-encrypted",
                 "linux_raid_member": "a software RAID member", "zfs_member": "a ZFS pool member"}
 _READONLY = {"ext2": "ro,noload", "ext3": "ro,noload", "ext4": "ro,noload", "xfs": "ro,norecovery", "btrfs": "ro"}
@@ -58,47 +70,68 @@ def _mount(session: Session, part: Partition, target: Path, options: str | None 
     session.push("mount", str(target))
 
 
-def _match(spec: str, parts: list[Partition]) -> Partition | None:
-    key, _, value = spec.partition("=")
-    by = {"UUID": "uuid", "LABEL": "label", "PARTUUID": "partuuid", "PARTLABEL": "partlabel"}
-    m = re.fullmatch(r"/dev/disk/by-(uuid|label|partuuid|partlabel)/(.+)", spec)
-    if m:
-        key, value = m.group(1).upper(), m.group(2)
-    if key in by and value:
-        value = value.strip("\"'")
-        return next((p for p in parts if getattr(p, by[key]).lower() == value.lower()), None)
-    m = re.fullmatch(r"/dev/(?:[shv]|xv)d[a-z](\d*)|/dev/nvme\d+n\d+(?:p(\d+))?", spec)
-    if m:
-        number = m.group(1) or m.group(2) or ""
-        return next((p for p in parts if p.name == f"/dev/sda{number}"), None)
-    return None
+class ChrootDevices:
+    """The DeviceMap of an exposed disk: the probed partitions under the appliance's names (/dev/sdaN)."""
+
+    def __init__(self, device: BlockDevice) -> None:
+        self.parts = device.partitions
+
+    def find_tag(self, tag: str, value: str) -> str | None:
+        attr = {"UUID": "uuid", "LABEL": "label", "PARTUUID": "partuuid", "PARTLABEL": "partlabel"}[tag]
+        return next((p.name for p in self.parts if getattr(p, attr) and getattr(p, attr).lower() == value.lower()),
+                    None)
+
+    def disks(self) -> list[str]:
+        return ["/dev/sda"]
+
+    def is_partition(self, device: str) -> bool:
+        return device != "/dev/sda" and any(p.name == device for p in self.parts)
+
+    def canonical_lv(self, mapper: str) -> str | None:
+        return None  # LVM guests never reach this backend (ChrootUnsupported)
 
 
-def _find_roots(session: Session, device: BlockDevice, candidates: list[Partition]) -> dict[str, str]:
-    """Device name -> description of every candidate that holds an OS root (each mounted read-only briefly)."""
-    probe = session.dir / "probe"
-    probe.mkdir(exist_ok=True)
-    roots: dict[str, str] = {}
-    for part in candidates:
+def _probe(session: Session, device: BlockDevice,
+           by_name: dict[str, Partition]) -> Callable[[str], contextlib.AbstractContextManager[TreeReader | None]]:
+    probe_dir = session.dir / "probe"
+    probe_dir.mkdir(exist_ok=True)
+
+    @contextlib.contextmanager
+    def probe(name: str) -> Iterator[TreeReader | None]:
+        part = by_name[name]
         try:
-            _mount(session, part, probe, _READONLY[part.fstype])
+            _mount(session, part, probe_dir, _READONLY[part.fstype])
         except GuestError as exc:
             log.warning("%s", exc.message)
-            continue
+            yield None
+            return
         try:
-            g = ChrootGuest(probe, device, session, network=False)
-            if looks_like_root(g):
-                text = g.read_text("/etc/os-release") if g.is_file("/etc/os-release", follow=True) else ""
-                m = re.search(r'^PRETTY_NAME="?([^"\n]*)', text, re.MULTILINE)
-                roots[part.name] = m.group(1) if m else part.fstype
+            yield ChrootGuest(probe_dir, device, session, network=False)
         finally:
             session.pop_while("mount")
-    return roots
+    return probe
 
 
-def mount_guest(session: Session, device: BlockDevice, *, root_choice: str = "single",
-                network: bool = True) -> ChrootGuest:
-    """Mount the guest's OS under a session directory and return the inspected guest."""
+def _mount_rest(session: Session, root: Path, info: OSInfo, by_name: dict[str, Partition]) -> None:
+    for mp, name in mount_order(info.mountpoints):
+        sub = by_name.get(name)
+        if sub is None:
+            log.warning("/etc/fstab: %s for %s is not on this disk; not mounted", name, mp)
+            continue
+        target = Path(resolve_in_root(str(root), mp, follow=True))
+        if not target.is_dir():
+            log.warning("/etc/fstab: mountpoint %s does not exist in the guest; %s not mounted", mp, sub.name)
+            continue
+        _mount(session, sub, target)
+
+
+def mount_partition(session: Session, part: Partition, target: Path) -> None:
+    """Mount one guest filesystem read-write at a host directory (recorded in *session*)."""
+    _mount(session, part, target)
+
+
+def check_supported(device: BlockDevice) -> list[Partition]:
+    """The Linux filesystems of *device*; raise ChrootUnsupported for what this backend cannot mount."""
     for part in device.partitions:
         if part.fstype in _UNSUPPORTED:
             raise ChrootUnsupported(f"{part.name} is {_UNSUPPORTED[part.fstype]}: the chroot backend mounts plain "
@@ -107,36 +140,47 @@ def mount_guest(session: Session, device: BlockDevice, *, root_choice: str = "si
     if not candidates and any(p.fstype == "ntfs" for p in device.partitions):
         raise ChrootUnsupported("this looks like a Windows guest: the chroot backend handles Linux guests only",
                                 hint="use --backend appliance")
-    if len(candidates) == 1:  # the common cloud image: skip the read-only probe
-        roots = {candidates[0].name: candidates[0].fstype}
-    else:
-        roots = _find_roots(session, device, candidates)
-    chosen = choose_root(list(roots), root_choice, lambda r: roots[r])
-    root_part = next(p for p in candidates if p.name == chosen)
+    return candidates
+
+
+def mount_guest(session: Session, device: BlockDevice, *, root_choice: str = "single",
+                network: bool = True, known: OSInfo | None = None) -> ChrootGuest:
+    """Mount the guest's OS under a session directory and return the inspected guest.
+
+    The rules are the appliance backend's (:mod:`imgsmith.guest.treeinspect`); with
+    *known* facts from an earlier layer the root and mountpoints are taken as they are.
+    """
+    candidates = check_supported(device)
+    by_name = {p.name: p for p in candidates}
+    devices = ChrootDevices(device)
     root = session.dir / "root"
     root.mkdir(exist_ok=True)
-    _mount(session, root_part, root)
     guest = ChrootGuest(root, device, session, network=network)
-    if not looks_like_root(guest):
-        session.pop_while("mount")
-        choose_root([], root_choice, str)  # raises "no operating system was found"
-    mountpoints = {"/": chosen}
-    for spec, mp, _fstype, _opts in sorted(fstab_entries(guest), key=lambda e: e[1].count("/")):
-        if mp == "/":
-            continue
-        sub = _match(spec, device.partitions)
-        if sub is None:
-            log.warning("/etc/fstab: %s for %s is not on this disk; not mounted", spec, mp)
-            continue
-        target = Path(resolve_in_root(str(root), mp, follow=True))
-        if not target.is_dir():
-            log.warning("/etc/fstab: mountpoint %s does not exist in the guest; %s not mounted", mp, sub.name)
-            continue
-        _mount(session, sub, target)
-        mountpoints[mp] = sub.name
-    guest.os = inspect_tree(guest, chosen, tuple(sorted(mountpoints.items())))
+    if known is not None:
+        _mount(session, _known_part(by_name, known.root), root)
+        info = dataclasses.replace(known, mountpoints=fstab_mountpoints(guest, known.root, devices))
+    elif len(candidates) == 1:  # the common cloud image: skip the read-only probe
+        _mount(session, candidates[0], root)
+        if not looks_like_root(guest):
+            session.pop_while("mount")
+            choose_root([], root_choice, str)  # raises "no operating system was found"
+        choose_root([candidates[0].name], root_choice, str)
+        info = inspect_root(guest, candidates[0].name, devices)
+    else:
+        roots = {i.root: i for i in find_roots([p.name for p in candidates], _probe(session, device, by_name),
+                                               devices)}
+        info = roots[choose_root(list(roots), root_choice, lambda r: roots[r].product_name)]
+        _mount(session, by_name[info.root], root)
+    _mount_rest(session, root, info, by_name)
+    guest.os = complete(info, guest) if known is not None or mount_order(info.mountpoints) else info
     host = _HOST_ARCH.get(platform.machine(), platform.machine())
     if guest.os.arch not in ("unknown", host):
         raise ChrootUnsupported(f"the guest is {guest.os.arch} and this host is {host}: its programs cannot run here",
                                 hint="use --backend appliance")
     return guest
+
+
+def _known_part(by_name: dict[str, Partition], name: str) -> Partition:
+    if name not in by_name:
+        raise GuestError(f"{name}: the root an earlier layer found is not on this disk")
+    return by_name[name]

@@ -10,13 +10,17 @@ daemon exit).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .api import Guest
+from ..disk.sizes import SizeSpec
+from ..errors import GuestError
+from .api import Guest, OSInfo
 from .appliance import Drive, open_handle
 from .backend import Choice, choose
 from .libguestfs import ApplianceGuest, inspect_and_mount
@@ -48,6 +52,17 @@ class SessionOptions:
     backend: str = "auto"  # auto | appliance | chroot
     trusted: bool = False  # verified source or --trust-image: lets auto pick chroot
     expose: str = field(default_factory=_default_expose)  # chroot: fuse | raw
+    # Facts an earlier session found on this guest (a build's first layer): a later layer mounts the
+    # known root and mountpoints instead of searching again. Not part of any cache key.
+    known: OSInfo | None = None
+    # Grow the disk first (a build's `size:`): the virtual size with qemu-img, then inside the session
+    # the last partition and its filesystem (see imgsmith.guest.grow). Bytes, or a spec such as +2G.
+    grow_to: int | SizeSpec | None = None
+
+    def for_layer(self, *, grow_to: str | None = None, known: OSInfo | None = None) -> SessionOptions:
+        """These options for one build layer: grow the disk to *grow_to* (``size:``), reuse *known* facts."""
+        from ..disk.sizes import parse_size
+        return dataclasses.replace(self, grow_to=parse_size(grow_to) if grow_to else None, known=known)
 
     def choice(self) -> Choice:
         return choose(self.backend, trusted=self.trusted, expose=self.expose)
@@ -65,13 +80,24 @@ def _appliance(disk: Path, fmt: str, options: SessionOptions) -> Iterator[Guest]
     g = open_handle([Drive(disk, fmt, options.readonly)], network=options.network,
                     memsize=options.memsize, trace=options.trace)
     try:
-        guest = ApplianceGuest(g, inspect_and_mount(g, options.root))
+        if options.grow_to is not None:
+            _grow_appliance(g)
+        guest = ApplianceGuest(g, inspect_and_mount(g, options.root, options.known))
         _describe(guest)
         yield guest
         g.umount_all()
         g.shutdown()
     finally:
         g.close()
+
+
+def _grow_appliance(g: Any) -> None:
+    from .resize import grow_in_guest
+    try:
+        growth = grow_in_guest(g)
+    except RuntimeError as exc:
+        raise GuestError(f"growing the disk: {exc}") from exc
+    log.info("grew partition %s to %d bytes (%s)", growth.partition, growth.partition_size_after, growth.filesystem)
 
 
 @contextlib.contextmanager
@@ -84,7 +110,13 @@ def _chroot(disk: Path, fmt: str, options: SessionOptions) -> Iterator[Guest]:
     session = Session(f"chroot {disk}")
     with session.held():
         device = expose(session, disk, fmt, method=options.expose, workdir=disk.parent)
-        guest = mount_guest(session, device, root_choice=options.root, network=options.network)
+        if options.grow_to is not None:
+            from .grow import grow_chroot
+            from .mounts import check_supported
+            check_supported(device)  # what the chroot backend cannot mount, it must not grow either
+            grow_chroot(session, device)
+        guest = mount_guest(session, device, root_choice=options.root, network=options.network,
+                            known=options.known)
         _describe(guest)
         yield guest
         for kind in ("mount", "loop", "daemon", "fuse"):  # flush in order: fs, loop, qcow2
@@ -103,6 +135,9 @@ def open_guest(disk: Path, fmt: str, options: SessionOptions = SessionOptions(),
     from .chroot import ChrootUnsupported
 
     choice = options.choice()
+    if options.grow_to is not None:
+        from .grow import grow_image
+        grow_image(disk, fmt, options.grow_to)  # no launch: the guest grows inside the session
     _opened[0] += 1
     with contextlib.ExitStack() as stack:
         guest: Guest | None = None
