@@ -198,13 +198,12 @@ def _build_layer(plan: BuildPlan, layer: PlannedLayer, parent: tuple[Path, str],
     meta: dict[str, Any] = {"definition": loaded.definition.name, "layer": layer.name,
                             "parent_key": layer.parent_key, "token": layer.token}
     found: dict[str, Any] = {}
-    session = plan.session if layer.memsize is None else _with_memsize(plan, layer.memsize)
     start = time.monotonic()
 
     def apply(path: Path) -> None:
         if layer.resize:
             emit(Message(f"growing the disk to {layer.resize}"))
-        opened = session.for_layer(grow_to=layer.resize, known=known)
+        opened = plan.session.for_layer(grow_to=layer.resize, known=known, memsize=layer.memsize)
         with open_guest(path, "qcow2", opened, message=lambda m: emit(Message(m))) as guest:
             found["os"] = guest.os
             meta["backend"] = found["backend"] = guest.backend
@@ -226,11 +225,6 @@ def _build_layer(plan: BuildPlan, layer: PlannedLayer, parent: tuple[Path, str],
     launches = 1 if backend == "appliance" else 0  # the grow runs in the same session: no launch of its own
     return LayerOutcome(layer, path, False, backend, launches, found.get("facts"), time.monotonic() - start,
                         found.get("os"))
-
-
-def _with_memsize(plan: BuildPlan, memsize: int) -> Any:
-    import dataclasses
-    return dataclasses.replace(plan.session, memsize=memsize)
 
 
 def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, timings: dict[str, float],

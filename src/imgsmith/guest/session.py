@@ -59,10 +59,13 @@ class SessionOptions:
     # the last partition and its filesystem (see imgsmith.guest.grow). Bytes, or a spec such as +2G.
     grow_to: int | SizeSpec | None = None
 
-    def for_layer(self, *, grow_to: str | None = None, known: OSInfo | None = None) -> SessionOptions:
-        """These options for one build layer: grow the disk to *grow_to* (``size:``), reuse *known* facts."""
+    def for_layer(self, *, grow_to: str | None = None, known: OSInfo | None = None,
+                  memsize: int | None = None) -> SessionOptions:
+        """These options for one build layer: grow the disk to *grow_to* (``size:``), reuse *known* facts,
+        the layer's own appliance *memsize* (when it sets one)."""
         from ..disk.sizes import parse_size
-        return dataclasses.replace(self, grow_to=parse_size(grow_to) if grow_to else None, known=known)
+        return dataclasses.replace(self, grow_to=parse_size(grow_to) if grow_to else None, known=known,
+                                   memsize=memsize or self.memsize)
 
     def choice(self) -> Choice:
         return choose(self.backend, trusted=self.trusted, expose=self.expose)
