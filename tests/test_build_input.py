@@ -255,3 +255,23 @@ def test_a_read_only_output_directory_is_one_line(chroot_project: tuple[Path, di
         assert list(out.iterdir()) == []
     finally:
         subprocess.run(["umount", str(out)], check=False)
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_sysprep_user_lists_are_honoured_by_the_build(chroot_project: tuple[Path, dict[str, str]]) -> None:
+    """``keep-user-accounts`` used to be accepted and ignored: the user-account operation removed everyone."""
+    from guests import read_files
+    work, env = chroot_project
+    text = ("version: 1\nname: t\nsource: {file: base.qcow2}\nbackend: chroot\nlayers:\n  - name: a\n"
+            "    steps: [{timezone: UTC}]\nsysprep:\n  operations: [user-account]\n{extra}outputs:\n  - format: qcow2\n")
+    passwd: dict[str, bytes] = {}
+    for label, extra in (("keep", "  keep-user-accounts: [debian]\n"), ("all", "")):
+        (work / "t.yaml").write_text(text.replace("{extra}", extra))
+        r = run("build", "t.yaml", "-o", label, "--trust-image", cwd=work, env=env)
+        assert r.returncode == 0, r.stderr
+        passwd[label] = read_files(work / label / "t.qcow2", ["/etc/passwd"])["/etc/passwd"] or b""
+        manifest = json.loads((work / label / "manifest.json").read_text())
+        assert manifest["sysprep"]["keep_user_accounts"] == (["debian"] if label == "keep" else [])
+    assert b"\ndebian:x:1000:" in passwd["keep"]
+    assert b"debian:" not in passwd["all"] and passwd["all"].startswith(b"root:x:0:0:")
