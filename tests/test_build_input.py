@@ -264,7 +264,8 @@ def test_sysprep_user_lists_are_honoured_by_the_build(chroot_project: tuple[Path
     from guests import read_files
     work, env = chroot_project
     text = ("version: 1\nname: t\nsource: {file: base.qcow2}\nbackend: chroot\nlayers:\n  - name: a\n"
-            "    steps: [{timezone: UTC}]\nsysprep:\n  operations: [user-account]\n{extra}outputs:\n  - format: qcow2\n")
+            "    steps: [{timezone: UTC}]\nsysprep:\n  operations: [user-account]\n{extra}"
+            "outputs:\n  - format: qcow2\n")
     passwd: dict[str, bytes] = {}
     for label, extra in (("keep", "  keep-user-accounts: [debian]\n"), ("all", "")):
         (work / "t.yaml").write_text(text.replace("{extra}", extra))
