@@ -301,3 +301,15 @@ def test_ssh_inject_default_key_is_the_newest_id_pub(tmp_path: Path, monkeypatch
     (ssh / "id_ed25519.pub").unlink()
     with pytest.raises(UsageError, match=r"no public key file \(id\*\.pub\) in"):
         SshInject.parse("root", ParseContext())
+
+
+def test_every_package_list_option_takes_a_yaml_list_or_the_comma_string(tmp_path: Path) -> None:
+    """install, uninstall and firstboot-install share one argument shape (a YAML list used to fail for
+    firstboot-install)."""
+    ctx = ParseContext(base_dir=tmp_path, check_files=False, origin="test")
+    for name in ("install", "uninstall", "firstboot-install"):
+        cls = CUSTOMIZE_OPERATIONS[name]
+        from_list, from_text = cls.from_yaml(["jq", "tmux"], ctx), cls.from_yaml("jq,tmux", ctx)
+        assert from_list == from_text and from_list.argument() == "jq,tmux", name
+        with pytest.raises(UsageError):
+            cls.from_yaml([], ctx)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -25,10 +26,13 @@ __all__ = [
     "CUSTOMIZE_OPERATIONS",
     "ApplyContext",
     "CustomizePhase",
+    "FlagOperation",
+    "HostScriptOperation",
     "Operation",
     "ParseContext",
     "Secret",
     "Settings",
+    "ShellCommandOperation",
     "split_colon",
 ]
 
@@ -218,3 +222,45 @@ def _secret_key() -> bytes:
         return path.read_bytes()[:64]
     except OSError:
         return b"imgsmith-no-host-key"
+
+
+@dataclass(frozen=True)
+class ShellCommandOperation(Operation):
+    """Shared shape of the operations whose argument is one shell command line (not registered itself)."""
+
+    command: str
+
+    @classmethod
+    def parse(cls, arg: str, ctx: ParseContext) -> Self:
+        if not arg.strip():
+            raise UsageError(f"--{cls.name}: the command is empty")
+        return cls(arg)
+
+    def argument(self) -> str:
+        return shlex.quote(self.command)
+
+
+@dataclass(frozen=True)
+class HostScriptOperation(Operation):
+    """Shared shape of the operations whose argument is one host script, part of the layer's key."""
+
+    script: Path
+
+    @classmethod
+    def parse(cls, arg: str, ctx: ParseContext) -> Self:
+        return cls(ctx.host_path(arg, cls.name))
+
+    def argument(self) -> str:
+        return os.fspath(self.script)
+
+    def host_files(self) -> list[Path]:
+        return [self.script]
+
+
+@dataclass(frozen=True)
+class FlagOperation(Operation):
+    """Shared shape of the options that take no argument (``--update``, ``--selinux-relabel``)."""
+
+    @classmethod
+    def parse(cls, arg: str, ctx: ParseContext) -> Self:
+        return cls()

@@ -11,7 +11,7 @@ from typing import Self
 
 from .. import proc
 from ..errors import GuestError, ProcessError, UsageError
-from .base import ApplyContext, Operation, ParseContext
+from .base import ApplyContext, HostScriptOperation, ParseContext, ShellCommandOperation
 
 __all__ = ["Run", "RunCommand", "Script", "guest_logfile", "run_in_guest"]
 
@@ -50,20 +50,10 @@ def run_in_guest(ctx: ApplyContext, display: str, script: str, *, needs_network:
 
 
 @dataclass(frozen=True)
-class RunCommand(Operation):
+class RunCommand(ShellCommandOperation):
     name = "run-command"
     metavar = "'CMD+ARGS'"
     help = "Run a shell command inside the guest (output goes to /tmp/builder.log in the guest)"
-    command: str
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        if not arg.strip():
-            raise UsageError("--run-command: the command is empty")
-        return cls(arg)
-
-    def argument(self) -> str:
-        return shlex.quote(self.command)
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Running: {self.command}")
@@ -71,21 +61,10 @@ class RunCommand(Operation):
 
 
 @dataclass(frozen=True)
-class Run(Operation):
+class Run(HostScriptOperation):
     name = "run"
     metavar = "SCRIPT"
     help = "Run a host shell script inside the guest (its content is run by the guest's /bin/sh)"
-    script: Path
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls(ctx.host_path(arg, cls.name))
-
-    def argument(self) -> str:
-        return os.fspath(self.script)
-
-    def host_files(self) -> list[Path]:
-        return [self.script]
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Running: {self.script}")
@@ -94,27 +73,20 @@ class Run(Operation):
 
 
 @dataclass(frozen=True)
-class Script(Operation):
+class Script(HostScriptOperation):
     """virt-sysprep's --script: a HOST script run with the guest filesystem as its working directory."""
 
     name = "script"
     metavar = "SCRIPT"
     help = ("Run a host script with its current directory at the guest's mounted filesystem "
             "(FUSE; see --scriptdir)")
-    script: Path
 
     @classmethod
     def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        path = ctx.host_path(arg, cls.name)
-        if ctx.check_files and not os.access(path, os.X_OK):
+        op = super().parse(arg, ctx)
+        if ctx.check_files and not os.access(op.script, os.X_OK):
             raise UsageError(f"--script: {arg}: not executable (chmod +x it)")
-        return cls(path)
-
-    def argument(self) -> str:
-        return os.fspath(self.script)
-
-    def host_files(self) -> list[Path]:
-        return [self.script]
+        return op
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Running host script: {self.script}")

@@ -118,10 +118,9 @@ def _two_paths(cls: type[Operation], arg: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class Copy(Operation):
-    name = "copy"
-    metavar = "SOURCE:DEST"
-    help = "Copy files or directories recursively inside the guest (cp -a)"
+class _TwoGuestPaths(Operation):
+    """Shared shape of ``SOURCE:DEST`` operations inside the guest (not registered itself)."""
+
     src: str
     dest: str
 
@@ -131,6 +130,13 @@ class Copy(Operation):
 
     def argument(self) -> str:
         return f"{self.src}:{self.dest}"
+
+
+@dataclass(frozen=True)
+class Copy(_TwoGuestPaths):
+    name = "copy"
+    metavar = "SOURCE:DEST"
+    help = "Copy files or directories recursively inside the guest (cp -a)"
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Copying (in image): {self.src} to {self.dest}")
@@ -138,19 +144,10 @@ class Copy(Operation):
 
 
 @dataclass(frozen=True)
-class Move(Operation):
+class Move(_TwoGuestPaths):
     name = "move"
     metavar = "SOURCE:DEST"
     help = "Move files or directories inside the guest"
-    src: str
-    dest: str
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls(*_two_paths(cls, arg))
-
-    def argument(self) -> str:
-        return f"{self.src}:{self.dest}"
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Moving: {self.src} -> {self.dest}")

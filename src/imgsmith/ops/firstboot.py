@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Self
 
-from ..errors import UsageError
 from ..guest.api import Guest
-from .base import ApplyContext, Operation, ParseContext
-from .packages import install_command, parse_packages
+from .base import ApplyContext, HostScriptOperation, ShellCommandOperation
+from .packages import PackageListOperation, install_command
 
 __all__ = ["Firstboot", "FirstbootCommand", "FirstbootInstall", "add_firstboot_script"]
 
@@ -112,21 +108,10 @@ def add_firstboot_script(ctx: ApplyContext, name: str, content: str, prio: int =
 
 
 @dataclass(frozen=True)
-class Firstboot(Operation):
+class Firstboot(HostScriptOperation):
     name = "firstboot"
     metavar = "SCRIPT"
     help = "Install a host script to run once when the guest first boots"
-    script: Path
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls(ctx.host_path(arg, cls.name))
-
-    def argument(self) -> str:
-        return os.fspath(self.script)
-
-    def host_files(self) -> list[Path]:
-        return [self.script]
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Installing firstboot script: {self.script}")
@@ -135,20 +120,10 @@ class Firstboot(Operation):
 
 
 @dataclass(frozen=True)
-class FirstbootCommand(Operation):
+class FirstbootCommand(ShellCommandOperation):
     name = "firstboot-command"
     metavar = "'CMD+ARGS'"
     help = "Run a shell command once when the guest first boots"
-    command: str
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        if not arg.strip():
-            raise UsageError("--firstboot-command: the command is empty")
-        return cls(arg)
-
-    def argument(self) -> str:
-        return shlex.quote(self.command)
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Installing firstboot command: {self.command}")
@@ -156,18 +131,9 @@ class FirstbootCommand(Operation):
 
 
 @dataclass(frozen=True)
-class FirstbootInstall(Operation):
+class FirstbootInstall(PackageListOperation):
     name = "firstboot-install"
-    metavar = "PKG,PKG.."
     help = "Install packages when the guest first boots (with the guest's own network)"
-    packages: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls(parse_packages(arg, cls.name))
-
-    def argument(self) -> str:
-        return ",".join(self.packages)
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Installing firstboot packages: {' '.join(self.packages)}")

@@ -8,7 +8,7 @@ from typing import Any, Self
 
 from ..errors import GuestError, UsageError
 from ..guest.api import OSInfo
-from .base import ApplyContext, Operation, ParseContext
+from .base import ApplyContext, FlagOperation, Operation, ParseContext
 from .commands import run_in_guest
 
 __all__ = ["Install", "Uninstall", "Update", "install_command", "parse_packages"]
@@ -70,10 +70,10 @@ def update_command(os_info: OSInfo) -> str:
 
 
 @dataclass(frozen=True)
-class Install(Operation):
-    name = "install"
+class PackageListOperation(Operation):
+    """Shared shape of the operations that take ``PKG,PKG..`` (or a YAML list); not registered itself."""
+
     metavar = "PKG,PKG.."
-    help = "Install packages with the guest's package manager (needs the appliance network)"
     packages: tuple[str, ...]
 
     @classmethod
@@ -94,6 +94,12 @@ class Install(Operation):
     def argument(self) -> str:
         return ",".join(self.packages)
 
+
+@dataclass(frozen=True)
+class Install(PackageListOperation):
+    name = "install"
+    help = "Install packages with the guest's package manager (needs the appliance network)"
+
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Installing packages: {' '.join(self.packages)}")
         cmd = install_command(ctx.guest.os, self.packages)
@@ -101,7 +107,7 @@ class Install(Operation):
 
 
 @dataclass(frozen=True)
-class Uninstall(Install):
+class Uninstall(PackageListOperation):
     name = "uninstall"
     help = "Remove packages with the guest's package manager"
 
@@ -112,13 +118,9 @@ class Uninstall(Install):
 
 
 @dataclass(frozen=True)
-class Update(Operation):
+class Update(FlagOperation):
     name = "update"
     help = "Update all packages (yum update, dnf upgrade, apt-get upgrade, zypper update)"
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls()
 
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message("Updating packages")

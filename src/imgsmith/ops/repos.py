@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Self
 
 from ..errors import GuestError
-from .base import ApplyContext, Operation, ParseContext
+from .base import ApplyContext, FlagOperation
 
 __all__ = ["Centos7VaultRepos"]
 
@@ -23,15 +22,11 @@ def vault_repo_text(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Centos7VaultRepos(Operation):
+class Centos7VaultRepos(FlagOperation):
     """CentOS 7 reached end of life in June 2024; its mirrorlist no longer answers, so yum fails."""
 
     name = "centos7-vault-repos"
     help = "Point CentOS 7's yum repositories at vault.centos.org (CentOS 7 is end-of-life); idempotent"
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls()
 
     def apply(self, ctx: ApplyContext) -> None:
         g = ctx.guest

@@ -8,7 +8,7 @@ from typing import Self
 
 from ..errors import GuestError, UsageError
 from ..guest.api import Guest
-from .base import ApplyContext, CustomizePhase, Operation, ParseContext
+from .base import ApplyContext, CustomizePhase, FlagOperation, Operation, ParseContext
 
 __all__ = ["RELABEL_STATE", "Hostname", "SelinuxRelabel", "Timezone", "is_selinux_guest", "relabel"]
 
@@ -167,7 +167,7 @@ def is_selinux_guest(g: Guest) -> bool:
 
 
 @dataclass(frozen=True)
-class SelinuxRelabel(Operation):
+class SelinuxRelabel(FlagOperation):
     """Explicit relabel request, decided as virt-customize decides it: at the very end, on the result.
 
     Runs in the last phase, so an earlier operation that removed load_policy or the config
@@ -178,10 +178,6 @@ class SelinuxRelabel(Operation):
     name = "selinux-relabel"
     help = "Relabel files with the right SELinux labels (automatic for SELinux guests; kept for compatibility)"
     phase = CustomizePhase.RELABEL
-
-    @classmethod
-    def parse(cls, arg: str, ctx: ParseContext) -> Self:
-        return cls()
 
     def apply(self, ctx: ApplyContext) -> None:
         if not is_selinux_guest(ctx.guest):
