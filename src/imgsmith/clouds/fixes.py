@@ -47,8 +47,10 @@ def package_for(what: str, family: str) -> str:
 
 
 def _install(what: str) -> Fix:
-    names = ", ".join(f"{pkg} ({fam})" for fam, pkg in PACKAGES[what].items())
-    return Fix(lambda f, _p, _h: [Install((package_for(what, f.guest.os.family),))], f"installs {names}")
+    pkgs = PACKAGES[what]
+    names = next(iter(pkgs.values())) if len(set(pkgs.values())) == 1 else \
+        ", ".join(f"{pkg} ({fam})" for fam, pkg in pkgs.items())
+    return Fix(lambda f, _p, _h: [Install((package_for(what, f.guest.os.family),))], f"installs {names} (`install`)")
 
 
 def _drivers(f: Facts, p: Profile, hits: list[Hit]) -> list[Operation]:

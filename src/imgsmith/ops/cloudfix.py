@@ -155,7 +155,8 @@ class DatasourceList(Operation):
 @dataclass(frozen=True)
 class CloudInitEnable(_Flag):
     name = "cloud-init-enable"
-    help = "Make cloud-init run at boot: remove /etc/cloud/cloud-init.disabled and enable its systemd units"
+    help = ("Make cloud-init run at boot: remove /etc/cloud/cloud-init.disabled and, when none is enabled, "
+            "enable its systemd units")
     UNITS = ("cloud-init-local.service", "cloud-init.service", "cloud-config.service", "cloud-final.service",
              "cloud-init-main.service", "cloud-init-network.service")
 
@@ -163,7 +164,7 @@ class CloudInitEnable(_Flag):
         g = ctx.guest
         ctx.message("Enabling cloud-init at boot")
         g.rm_f("/etc/cloud/cloud-init.disabled")
-        if g.os.init != "systemd":
+        if g.os.init != "systemd" or any(g.glob(f"/etc/systemd/system/*.wants/{u}") for u in self.UNITS):
             return
         present = [u for u in self.UNITS
                    if _first(g, f"/usr/lib/systemd/system/{u}", f"/lib/systemd/system/{u}")]
@@ -316,7 +317,7 @@ class SerialConsole(Operation):
         ctx.message(f"Setting the kernel console: {' '.join(consoles)}")
 
         def default(text: str) -> str:
-            m = re.search(r'^GRUB_CMDLINE_LINUX=(["\']?)(.*?)\1\s*$', text, re.MULTILINE)
+            m = re.search(r'^GRUB_CMDLINE_LINUX=(["\']?)(.*?)\1[ \t]*$', text, re.MULTILINE)
             line = f'GRUB_CMDLINE_LINUX="{_with_console(m.group(2) if m else "", consoles).strip()}"'
             if m:
                 return text[:m.start()] + line + text[m.end():]
