@@ -215,4 +215,53 @@ def test_cloud_ready_in_a_definition_and_unknown_clouds() -> None:
     with pytest.raises(UsageError, match="expected a cloud name or a list"):
         CloudReady.from_yaml([1], ctx)
     assert set(PROFILES) <= set(CloudReady.yaml_schema()["anyOf"][1]["items"]["enum"])
-    assert CloudReady.parse("aws", ctx).cache_token() == {"op": "cloud-ready", "clouds": ["aws"]}
+    token = CloudReady.parse("aws", ctx).cache_token()
+    assert (token["op"], token["clouds"]) == ("cloud-ready", ["aws"]) and "aws.nvme" in token["fixes"]
+
+
+# --------------------------------------------------------------------------- the real Debian image
+
+@pytest.fixture(scope="module")
+def debian_image() -> Path:
+    from imgsmith.source.bootstrap import BootstrapSpec, bootstrap_image
+    cache = Path(os.environ.get("IMGSMITH_CACHE") or "/var/tmp/imgsmith-test-cache")
+    return bootstrap_image(BootstrapSpec(distro="debian", release="bookworm"), cache_dir=cache)
+
+
+def test_real_debian_initramfs_without_virtio_is_regenerated(debian_image: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The real update-initramfs, in the chroot backend, on the bootstrapped image stripped of virtio."""
+    disk = tmp_path / "debian.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", debian_image, "-F", "qcow2", disk], check=True)
+    strip = ("sed -i 's/^MODULES=.*/MODULES=list/' /etc/initramfs-tools/initramfs.conf && "
+             "update-initramfs -u -k all")
+    r = customize(disk, "--run-command", strip)
+    assert r.returncode == 0, r.stderr
+    code, doc = check(disk, "openstack", capsys)
+    assert code == 1 and "openstack.virtio" in {f["rule"] for f in doc["findings"] if f["severity"] == "error"}
+    r = customize(disk, "--cloud-ready", "openstack")
+    assert r.returncode == 0, r.stderr
+    code, doc = check(disk, "openstack", capsys)
+    assert (code, [f["rule"] for f in doc["findings"]]) == (0, [])  # qemu-guest-agent was installed too
+    kver = next(p.name[len("config-"):] for p in _boot_listing(disk) if p.name.startswith("config-"))
+    files = read_files(disk, [f"/boot/initrd.img-{kver}", "/etc/initramfs-tools/modules"])
+    assert {"virtio_pci", "virtio_blk"} <= modules_in(list_files(files[f"/boot/initrd.img-{kver}"] or b""))
+    assert (files["/etc/initramfs-tools/modules"] or b"").endswith(b"virtio_pci\nvirtio_blk\n")
+
+
+def _boot_listing(disk: Path) -> list[Path]:
+    from guests import host_mounted
+    with host_mounted(disk) as root:
+        return list((root / "boot").iterdir())
+
+
+def test_debian12_clouds_example_builds_and_passes_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = Path(os.environ.get("IMGSMITH_CACHE") or "/var/tmp/imgsmith-test-cache")
+    out = tmp_path / "out"
+    r = subprocess.run([*IMGSMITH, "build", str(REPO / "examples" / "debian12-clouds.yaml"), "-o", str(out),
+                        "--backend", "chroot", "--no-test", "--json"], capture_output=True, text=True, check=False,
+                       env={**os.environ, "IMGSMITH_CACHE": str(cache)}, timeout=3600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    code, doc = check(out / "debian12-clouds.qcow2", "openstack,aliyun,tencent,aws", capsys)
+    assert (code, doc["errors"]) == (0, 0), doc["findings"]
+    assert {f["rule"] for f in doc["findings"]} == {"aws.format"}  # aws imports vmdk/vhd/raw: convert --preset aws

@@ -131,6 +131,11 @@ class CloudReady(Operation):
     def argument(self) -> str:
         return ",".join(self.clouds)
 
+    def cache_token(self) -> dict[str, Any]:
+        """The clouds, and which of their rules have a fix: a new fix invalidates layers cached without it."""
+        fixed = [PROFILES[c].rule_id(r) for c in self.clouds for r in PROFILES[c].rules if r.fix is not None]
+        return {**super().cache_token(), "fixes": fixed}
+
     def apply(self, ctx: ApplyContext) -> None:
         ctx.message(f"Making the guest ready for {', '.join(self.clouds)}")
         applied: list[str] = ctx.state.setdefault(STATE, [])
