@@ -4,7 +4,7 @@ The variants are test_check.py's good phony Debian guest with things broken. Pho
 have no dracut, update-initramfs or apt: the stand-ins written here record their call in
 /var/log/pkgstub.log (as the suite's package stubs do) and do the one thing the real tool
 does that the check then reads: apt-get puts the installed package's binary in place, and
-update-initramfs / dracut pack the listed modules into a new initramfs (an uncompressed-free
+update-initramfs / dracut pack the listed modules into a new initramfs (a
 gzip'd newc cpio made by busybox). The real tools run in the real-image tests at the end:
 the bootstrapped Debian 12 image with virtio stripped from its initramfs, repaired by
 cloud-ready with the real update-initramfs in the chroot backend, and examples/debian12-clouds.yaml
