@@ -253,6 +253,11 @@ def test_bad_input_errors_before_the_appliance(tmp_path: Path) -> None:
         (["--truncate", ""], "--truncate: a guest path is required"),
         (["--truncate-recursive", ""], "--truncate-recursive: a guest path is required"),
         (["--script", "nope.sh"], "--script: nope.sh: no such file on the host"),
+        (["--cloud-ready", "openstack,digitalocean"], "--cloud-ready: unknown cloud 'digitalocean' (known: openstack,"),
+        (["--cloud-ready", ","], "--cloud-ready needs at least one cloud"),
+        (["--initramfs-drivers", "virtio_blk;rm"], "--initramfs-drivers: 'virtio_blk;rm' is not a valid kernel module"),
+        (["--datasource-list", "Ali Yun"], "--datasource-list: 'Ali Yun' is not a valid cloud-init datasource name"),
+        (["--serial-console", "com1"], "--serial-console: 'com1' is not a console device"),
     ]
     before = disk.read_bytes()
     for args, message in cases:

@@ -22,6 +22,11 @@ CUSTOMIZE_NO_BAD_INPUT = {
     "selinux-relabel": "a flag: takes no argument",
     "update": "a flag: takes no argument",
     "centos7-vault-repos": "a flag: takes no argument",
+    "cloud-init-enable": "a flag: takes no argument",
+    "fstab-uuid": "a flag: takes no argument",
+    "grub-uuid": "a flag: takes no argument",
+    "remove-mac-binding": "a flag: takes no argument",
+    "remove-swap": "a flag: takes no argument",
 }
 # Sysprep operations have no fields; those with options of their own must have bad-input cases for
 # them. The others take no input but their name, whose bad forms (unknown, misspelt, empty items) are

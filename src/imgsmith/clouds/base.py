@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from ..ops.base import Operation
     from .facts import Facts
 
-__all__ = ["ERROR", "WARNING", "CheckFn", "Finding", "Hit", "Profile", "Rule", "Severity"]
+__all__ = ["ERROR", "WARNING", "CheckFn", "Finding", "Fix", "FixFn", "Hit", "Profile", "Rule", "Severity"]
 
 Severity = Literal["error", "warning"]
 ERROR: Severity = "error"
@@ -31,6 +32,7 @@ class Hit:
     found: str
     where: str
     fix: str
+    remedy: tuple[str, ...] = ()  # what a fix needs to know (the missing driver, the datasource, the console)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,15 @@ class Finding:
 
 
 CheckFn = Callable[["Facts", "Profile"], list[Hit]]
+FixFn = Callable[["Facts", "Profile", list[Hit]], list["Operation"]]
+
+
+@dataclass(frozen=True)
+class Fix:
+    """How ``cloud-ready`` repairs what a rule found: operations made from the rule's hits."""
+
+    make: FixFn
+    text: str  # what it changes, one line (docs/clouds.md "Fixes")
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class Rule:
     check: CheckFn
     source: str
     error_name: str | None = None  # the cloud's own error code, where it has one
+    fix: Fix | None = None  # None: cloud-ready cannot repair it safely (imgsmith check still reports it)
 
 
 @dataclass(frozen=True)

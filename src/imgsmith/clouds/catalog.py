@@ -1,4 +1,4 @@
-"""The rule catalogue: each shared check with the one line that says what it checks.
+"""The rule catalogue: each shared check with the one line that says what it checks, and its fix.
 
 A cloud module builds its rules with :func:`rule` (a name from here, a severity, the
 cloud's page, its error name), so the wording of a rule is the same on every cloud and
@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from . import checks
 from .base import CheckFn, Rule, Severity
+from .fixes import FIXES
 
 __all__ = ["CATALOG", "rule"]
 
@@ -56,4 +57,4 @@ def rule(name: str, severity: Severity, source: str, error_name: str | None = No
     if check is None:
         check, default = CATALOG[name]
         text = text or default
-    return Rule(name, severity, text or name, check, source, error_name)
+    return Rule(name, severity, text or name, check, source, error_name, FIXES.get(name))

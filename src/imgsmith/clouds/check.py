@@ -23,8 +23,9 @@ from ..guest.api import OSInfo
 from ..guest.session import SessionOptions, open_guest
 from ..transaction import disk_info, overlay
 from . import PROFILES
-from .base import ERROR, Finding, Hit, Profile, Rule
+from .base import ERROR, Finding, Hit
 from .facts import Facts, ImageFacts, read_image_facts
+from .rules import finding, parse_clouds, run_rules
 
 __all__ = ["CheckReport", "OutputCheck", "check_image", "check_outputs", "parse_clouds", "run_rules"]
 
@@ -52,45 +53,13 @@ class CheckReport:
                 "findings": [f.to_json() for f in self.findings]}
 
 
-def parse_clouds(spec: str | Sequence[str]) -> list[str]:
-    """``openstack,aliyun`` (or a list of such) -> known cloud names in order; UsageError for an unknown one."""
-    items = [spec] if isinstance(spec, str) else list(spec)
-    names = [n.strip().lower() for item in items for n in item.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PROFILES]
-    if unknown:
-        raise UsageError(f"unknown cloud {unknown[0]!r} (known: {', '.join(PROFILES)})")
-    if not names:
-        raise UsageError("--for needs at least one cloud", hint=f"known: {', '.join(PROFILES)}")
-    return list(dict.fromkeys(names))
-
-
-def _finding(profile: Profile, rule: Rule, hit: Hit) -> Finding:
-    return Finding(profile.rule_id(rule), profile.name, rule.severity, hit.found, hit.where, hit.fix,
-                   rule.error_name, rule.source)
-
-
-def run_rules(facts: Facts, clouds: Sequence[str]) -> list[Finding]:
-    """Every rule of each cloud over the shared facts; a rule that cannot read what it needs is an error."""
-    findings: list[Finding] = []
-    for name in clouds:
-        profile = PROFILES[name]
-        for rule in profile.rules:
-            try:
-                hits, used = rule.check(facts, profile), rule
-            except GuestError as exc:
-                hits = [Hit(f"could not check: {exc.message}", "", "report this, with the image's origin")]
-                used = dataclasses.replace(rule, severity=ERROR)
-            findings.extend(_finding(profile, used, h) for h in hits)
-    return findings
-
-
 def _no_root(clouds: Sequence[str], why: str, image: Path) -> list[Finding]:
     out = []
     for name in clouds:
         profile = PROFILES[name]
         for rule in profile.rules:
             if rule.name == "root-found":
-                out.append(_finding(profile, rule, Hit(why, str(image), "the image must hold one Linux root "
+                out.append(finding(profile, rule, Hit(why, str(image), "the image must hold one Linux root "
                                                                          "filesystem (imgsmith info --inspect)")))
     return out
 

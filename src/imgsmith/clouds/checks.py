@@ -26,6 +26,7 @@ _TOOLS = {  # guest-tool family -> (what it is, where its daemon lives)
     "xen": ("Xen guest utilities", ("/usr/sbin/xe-daemon", "/usr/sbin/xe-linux-distribution")),
 }
 FREE_MIN = 256 * MiB
+_DEVNAME = re.compile(r"/dev/(?:[shv]|xv)d[a-z](\d*)|/dev/nvme\d+n\d+(?:p(\d+))?")  # names of this disk's partitions
 
 
 def _mount_fix(cloud: str) -> str:
@@ -124,7 +125,7 @@ def lvm_root(f: Facts, p: Profile) -> list[Hit]:
 
 def no_swap(f: Facts, p: Profile) -> list[Hit]:
     hits = [Hit(f"/etc/fstab line {e.line} mounts swap ({e.spec})", "/etc/fstab",
-                "remove the swap line (imgsmith customize --cloud-ready " + p.name + ")")
+                "remove the swap line (imgsmith customize --cloud-ready " + p.name + ")", ("fstab",))
             for e in f.fstab if e.fstype == "swap"]
     hits += [Hit(f"{q.device} is a swap partition", q.device, "remove the swap partition from the OS disk")
              for q in f.partitions if q.fstype == "swap"]
@@ -150,7 +151,7 @@ def _resolves(f: Facts, spec: str) -> bool:
     if m:
         attr = m.group(1).lower()
         return any(getattr(q, attr).lower() == m.group(2).lower() for q in f.partitions)
-    m = re.fullmatch(r"/dev/(?:[shv]|xv)d[a-z](\d*)|/dev/nvme\d+n\d+(?:p(\d+))?", spec)
+    m = _DEVNAME.fullmatch(spec)
     if m:
         number = int(m.group(1) or m.group(2) or 0)
         return any(q.number == number for q in f.partitions)
@@ -159,7 +160,8 @@ def _resolves(f: Facts, spec: str) -> bool:
 
 def fstab_stable(f: Facts, p: Profile) -> list[Hit]:
     return [Hit(f"/etc/fstab line {e.line} mounts {e.mountpoint} by device name {e.spec}", "/etc/fstab",
-                f"use UUID= or LABEL= (device names change between virtio, SCSI and NVMe); {_mount_fix(p.name)}")
+                f"use UUID= or LABEL= (device names change between virtio, SCSI and NVMe); {_mount_fix(p.name)}",
+                (e.spec,) if _DEVNAME.fullmatch(e.spec) and _resolves(f, e.spec) else ())
             for e in f.fstab if e.spec.startswith("/dev/") and not _STABLE.match(e.spec)
             and e.fstype not in _PSEUDO_FS]
 
@@ -195,7 +197,8 @@ def _early(f: Facts, groups: tuple[tuple[str, ...], ...]) -> list[Hit]:
             problem = f" ({k.initramfs_problem})" if k.initramfs_problem else ""
             hits.append(Hit(f"kernel {k.version}: {' or '.join(group)} neither built in nor in the initramfs{problem}",
                             where, f"regenerate the initramfs with {group[0]} (dracut --add-drivers '{group[0]}', or "
-                                   f"add it to /etc/initramfs-tools/modules and run update-initramfs -u)"))
+                                   f"add it to /etc/initramfs-tools/modules and run update-initramfs -u)",
+                            (group[0],)))
     return hits
 
 
@@ -253,7 +256,7 @@ def datasource(f: Facts, p: Profile) -> list[Hit]:
         return []
     return [Hit(f"datasource_list is [{', '.join(names)}]: no {' or '.join(p.datasources)}",
                 f.datasource_source(), f"add {p.datasources[0]} to datasource_list "
-                                      f"(imgsmith customize --cloud-ready {p.name})")]
+                                      f"(imgsmith customize --cloud-ready {p.name})", p.datasources)]
 
 
 def growpart(f: Facts, p: Profile) -> list[Hit]:
@@ -297,13 +300,14 @@ def serial_console(f: Facts, p: Profile) -> list[Hit]:
         return []
     return [Hit(f"{len(missing)} kernel entr{'y has' if len(missing) == 1 else 'ies have'} no console={p.console}: "
                 "the cloud's serial console log stays empty", f.grub_cfg[0],
-                f"add console=tty0 console={p.console},115200n8 to GRUB_CMDLINE_LINUX and regenerate grub.cfg")]
+                f"add console=tty0 console={p.console},115200n8 to GRUB_CMDLINE_LINUX and regenerate grub.cfg "
+                f"(imgsmith customize --cloud-ready {p.name})", (p.console,))]
 
 
 # --- network -------------------------------------------------------------------------------------
 
 def mac_bound(f: Facts, p: Profile) -> list[Hit]:
-    fix = "remove the MAC address binding (imgsmith sysprep --operations net-hwaddr,udev-persistent-net)"
+    fix = f"remove the MAC address binding (imgsmith customize --cloud-ready {p.name})"
     hits = []
     for path in f.glob("/etc/sysconfig/network-scripts/ifcfg-*") + f.glob("/etc/sysconfig/network/ifcfg-*"):
         if re.search(r"^\s*(HWADDR|MACADDR)=\S", f.text(path) or "", re.MULTILINE):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from . import PROFILES
+from .fixes import FIXES
 
 __all__ = ["render_clouds_doc"]
 
@@ -46,6 +47,36 @@ How the checks read the guest:
 """
 
 
+FIXES_HEADER = """\
+## Fixes: `cloud-ready`
+
+`imgsmith customize --cloud-ready CLOUD[,CLOUD...]` (in a definition: `- cloud-ready: [openstack,
+aliyun]`) runs the rules of each cloud on the open guest and applies the fix of every rule
+that found something, where a fix is safe on any image. The fixes are ordinary operations
+(each also usable alone, [operations.md](operations.md)) made from what the check found; the
+operations of all clouds are merged (one package install, one initramfs regeneration with every
+missing driver, one datasource list) and run packages first, initramfs last. Then the rules run
+again: a fix that did not take fails the step; what no fix covers (LVM root, partition layout,
+data disks, static addresses, image format and size) is a warning, and `imgsmith check` reports it.
+GRUB is edited, not regenerated: grub-mkconfig in a chroot or an appliance writes the build
+machine's device names, so `/etc/default/grub` (for the guest's next regeneration) and the
+existing kernel lines (grub.cfg, BLS entries) are changed in place.
+
+| rule | what cloud-ready changes |
+|---|---|
+"""
+
+
+def _fixes_section() -> str:
+    rows = [f"| `{name}` | {fix.text} |\n" for name, fix in FIXES.items()]
+    per_cloud = []
+    for profile in PROFILES.values():
+        fixed = [r.name for r in profile.rules if r.fix is not None]
+        if fixed:
+            per_cloud.append(f"- **{profile.name}**: " + ", ".join(f"`{n}`" for n in fixed) + "\n")
+    return FIXES_HEADER + "".join(rows) + "\nRules each cloud's `cloud-ready` fixes:\n\n" + "".join(per_cloud) + "\n"
+
+
 def render_clouds_doc() -> str:
     parts = [HEADER]
     for profile in PROFILES.values():
@@ -66,4 +97,5 @@ def render_clouds_doc() -> str:
             parts.append(f"| `{profile.rule_id(rule)}` | {rule.severity} | {rule.error_name or ''} | {rule.text} "
                          f"| <{rule.source}> |\n")
         parts.append("\n")
+    parts.append(_fixes_section())
     return "".join(parts).rstrip("\n") + "\n"

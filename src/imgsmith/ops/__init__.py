@@ -1,8 +1,8 @@
 """Customize operations: importing this package fills :data:`CUSTOMIZE_OPERATIONS` with every operation."""
 
-from . import accounts, commands, files, firstboot, packages, repos, system
+from . import accounts, cloudfix, commands, files, firstboot, packages, repos, system
 from .base import CUSTOMIZE_OPERATIONS, ApplyContext, CustomizePhase, Operation, ParseContext, Settings
 
 __all__ = ["CUSTOMIZE_OPERATIONS", "ApplyContext", "CustomizePhase", "Operation", "ParseContext", "Settings"]
 
-_MODULES = (accounts, commands, files, firstboot, packages, repos, system)
+_MODULES = (accounts, cloudfix, commands, files, firstboot, packages, repos, system)
