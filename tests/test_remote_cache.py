@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,7 +142,7 @@ class Host:
         return subprocess.run([*IMGSMITH, *args], capture_output=True, text=True, cwd=self.project, env=self.env,
                               check=False)
 
-    def build(self, out: str, *extra: str, definition: str = "farm.yaml") -> tuple[dict[str, object], str]:
+    def build(self, out: str, *extra: str, definition: str = "farm.yaml") -> tuple[dict[str, Any], str]:
         r = self.run("build", definition, "-o", str(self.root / out), "--json", "--trust-image", *extra)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout), r.stderr
@@ -169,7 +170,7 @@ def _warnings(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "refused" in line or "damaged" in line]
 
 
-def _outputs(result: dict[str, object]) -> dict[str, str]:
+def _outputs(result: dict[str, Any]) -> dict[str, str]:
     outs = result["outputs"]
     assert isinstance(outs, list)
     return {Path(o["path"]).name: sha256_file(Path(o["path"])) for o in outs}
@@ -183,7 +184,7 @@ def test_a_damaged_layer_is_detected_evicted_and_rebuilt(project: Path, tmp_path
     host = Host(tmp_path / "a", project, "none", signing=None, trusted=[])
     first, _ = host.build("out1")
     assert first["sessions"] == 3
-    key = first["layers"][1]["key"]  # type: ignore[index]
+    key = first["layers"][1]["key"]
     layer = host.layers() / str(key) / "layer.qcow2"
     size = layer.stat().st_size
     with layer.open("r+b") as f:  # what a disk fault or a stray write does: 64 KiB of noise mid-file
@@ -201,8 +202,158 @@ def test_a_damaged_layer_is_detected_evicted_and_rebuilt(project: Path, tmp_path
     r = host.run("cache", "verify")
     assert r.returncode == 0 and r.stdout.strip().startswith("3 of 3 layer(s) intact"), r.stdout
     # cache verify finds damage too, and evicts it
-    with (host.layers() / str(first["layers"][2]["key"]) / "layer.qcow2").open("r+b") as f:  # type: ignore[index]
+    with (host.layers() / str(first["layers"][2]["key"]) / "layer.qcow2").open("r+b") as f:
         f.seek(size // 2)
         f.write(os.urandom(65536))
     r = host.run("cache", "verify")
     assert r.returncode == 1 and "is damaged: sha256" in r.stdout and "2 of 3 layer(s) intact" in r.stdout, r.stdout
+
+
+# --- the farm: two hosts, one remote -------------------------------------------------------------
+
+def _remote_url(kind: str, moto: str | None, reg: tuple[str, Path] | None, name: str) -> str:
+    if kind == "s3":
+        assert moto is not None
+        return f"s3://{_bucket(moto, name)}/layers?endpoint={moto}"
+    assert reg is not None
+    return f"oci://{reg[0]}/imgsmith/{name}"
+
+
+@pytest.fixture(params=["s3", "oci"])
+def farm(request: pytest.FixtureRequest, project: Path, tmp_path: Path) -> tuple[Host, Host, str, str]:
+    """Host A (signs and pushes) and host B (trusts A's key), both on a fresh remote of each kind."""
+    kind = str(request.param)
+    moto = request.getfixturevalue("moto_server") if kind == "s3" else None
+    reg = request.getfixturevalue("registry") if kind == "oci" else None
+    url = _remote_url(kind, moto, reg, f"farm-{tmp_path.name[-12:].lower().replace('_', '-')}")
+    private, public = _keys(tmp_path, "builders")
+    a = Host(tmp_path / "host-a", project, url, signing=private, trusted=[public])
+    b = Host(tmp_path / "host-b", project, url, signing=private, trusted=[public])
+    return a, b, url, kind
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_host_b_builds_from_host_a_s_pushes_with_no_session(farm: tuple[Host, Host, str, str]) -> None:
+    a, b, _, _ = farm
+    cold, _ = a.build("out")
+    assert cold["sessions"] == 3 and [x["share"] for x in cold["layers"]] == ["push"] * 3
+    r = b.run("build", "farm.yaml", "-o", str(b.root / "out"), "--dry-run", "--trust-image")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("remote: will be pulled from the remote cache") == 3, r.stdout
+    warm, stderr = b.build("out")
+    assert warm["sessions"] == 0, stderr
+    assert [x["source"] for x in warm["layers"]] == ["remote"] * 3
+    assert _outputs(warm) == _outputs(cold)  # byte-identical outputs
+    assert not _warnings(stderr)
+    # B's pulled layers are verified and intact locally, with the local parent as backing file
+    r = b.run("cache", "verify")
+    assert r.returncode == 0 and r.stdout.startswith("3 of 3 layer(s) intact"), r.stdout
+    # B changes the last step: only that layer is built, and pushed on the shared chain
+    (b.project / "farm-b.yaml").write_text(DEFINITION.format(last="two"))
+    changed, _ = b.build("out2", definition="farm-b.yaml")
+    assert changed["sessions"] == 1
+    assert [x["source"] for x in changed["layers"]] == ["local", "local", "build"]
+    assert read_files(b.root / "out2" / "farm.raw", ["/etc/last-step", "/etc/motd"], fmt="raw") == {
+        "/etc/last-step": b"two", "/etc/motd": b"hello from the farm"}
+    r = a.run("cache", "ls", "--remote", "--json")
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)["layers"]
+    assert len(listed) == 4 and all(x["refused"] is None for x in listed)
+    r = a.run("cache", "verify", "--remote")
+    assert r.returncode == 0 and "4 of 4 remote entries verified" in r.stdout, r.stdout
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_a_poisoned_blob_and_a_foreign_signature_are_refused(farm: tuple[Host, Host, str, str],
+                                                            tmp_path: Path) -> None:
+    from imgsmith.cache.backends import open_backend
+    from imgsmith.cache.config import parse_remote_url
+    from imgsmith.cache.signing import Signer
+    a, b, url, _ = farm
+    cold, _ = a.build("out")
+    keys = [str(x["key"]) for x in cold["layers"]]
+    os.environ.update(S3_ENV)
+    backend = open_backend(parse_remote_url(url))
+    # layer 3's blob replaced by other bytes (same name)
+    entry3 = json.loads(backend.get_entry(keys[2]) or b"{}")
+    evil = tmp_path / "evil.qcow2"
+    evil.write_bytes(os.urandom(65536))
+    _replace_blob(backend, entry3["blob"], evil)
+    # layer 2's entry re-signed by a key host B does not trust
+    entry2 = json.loads(backend.get_entry(keys[1]) or b"{}")
+    other, _ = _keys(tmp_path, "intruder")
+    forged = Signer.load(other).sign(entry2)
+    backend.delete_entry(keys[1])
+    backend.put_entry(keys[1], json.dumps(forged).encode(), entry2["blob"], entry2["size"])
+    warm, stderr = b.build("out")
+    refused = _warnings(stderr)
+    assert len(refused) == 1, stderr  # layer 2 refused at plan time; layer 3 then cannot stand on it
+    kid = forged["signer"]
+    assert refused == [f"imgsmith: warning: layer 2 app: remote layer {keys[1][:12]} refused: the entry is signed by "
+                       f"key {kid}, which this host does not trust (trusted-keys in the config; "
+                       "--cache-trust-unsigned accepts it anyway); building it"]
+    assert warm["sessions"] == 2 and [x["source"] for x in warm["layers"]] == [
+        "remote", "build", "build"]
+    # the blob check on its own: host C trusts the intruder too, so layer 2 passes and layer 3's blob is caught
+    c = Host(tmp_path / "host-c", b.project, url, signing=None, trusted=[*_pubs(tmp_path)])
+    third, stderr = c.build("out")
+    refused = _warnings(stderr)
+    assert len(refused) == 1, stderr
+    assert refused[0].startswith(f"imgsmith: warning: layer 3 last: remote layer {keys[2][:12]} refused: its blob's "
+                                 "sha256 is "), refused
+    assert refused[0].endswith(f" instead of {entry3['blob'][7:23]}…; building it"), refused
+    assert third["sessions"] == 1
+    assert read_files(c.root / "out" / "farm.raw", ["/etc/last-step"], fmt="raw") == {"/etc/last-step": b"one"}
+
+
+def _pubs(tmp: Path) -> list[Path]:
+    return sorted((tmp / "keys").glob("*.pub"))
+
+
+def _replace_blob(backend: object, digest: str, data: Path) -> None:
+    """Overwrite a stored blob's bytes behind the server's back (the poisoning of a shared store)."""
+    from imgsmith.cache.backends import OciBackend, S3Backend
+    if isinstance(backend, S3Backend):
+        backend.client.upload_file(str(data), backend.bucket, backend._blob(digest))
+        return
+    assert isinstance(backend, OciBackend)
+    storage = next(p for p in Path("/tmp").glob("pytest-of-*/pytest-*/registry*/data") if p.is_dir()
+                   and (p / "docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:] / "data").exists())
+    shutil.copyfile(data, storage / "docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:] / "data")
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_a_secret_bearing_layer_and_those_on_it_are_never_pushed(farm: tuple[Host, Host, str, str]) -> None:
+    a = farm[0]
+    text = DEFINITION.format(last="one").replace(
+        "{write: '/opt/app/version:1'}]", "{write: '/opt/app/version:1'}, {root-password: 'password:s3cret'}]")
+    (a.project / "secret.yaml").write_text(text)
+    r = a.run("build", "secret.yaml", "-o", str(a.root / "s"), "--dry-run", "--trust-image")
+    assert "(not pushed: it carries a secret (put secrets in the last layer))" in r.stdout, r.stdout
+    assert "(not pushed: it is built on a layer that carries a secret)" in r.stdout, r.stdout
+    result, _ = a.build("s", definition="secret.yaml")
+    keys = [str(x["key"]) for x in result["layers"]]
+    r = a.run("cache", "ls", "--remote", "--json")
+    on_remote = {x["key"] for x in json.loads(r.stdout)["layers"]}
+    assert keys[0] in on_remote and keys[1] not in on_remote and keys[2] not in on_remote, (keys, on_remote)
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_two_hosts_building_one_key_at_once_both_succeed(farm: tuple[Host, Host, str, str]) -> None:
+    a, b, _, _ = farm
+    argv = ["build", "farm.yaml", "--json", "--trust-image"]
+    procs = [subprocess.Popen([*IMGSMITH, *argv, "-o", str(h.root / "out")], cwd=h.project, env=h.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for h in (a, b)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        assert json.loads(out)["outputs"]
+    r = a.run("cache", "verify", "--remote")
+    assert r.returncode == 0 and "remote entries verified" in r.stdout, r.stdout
+    r = a.run("cache", "prune", "--remote", "--all")
+    assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("removed "), r.stdout
+    assert json.loads(a.run("cache", "ls", "--remote", "--json").stdout)["layers"] == []

@@ -313,6 +313,8 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     store = LayerStore(cache / "layers")
     sharing = _sharing(options, store, cache)
     the_plan = plan(loaded, options, sharing)
+    for line in sharing.refusals if sharing else []:
+        emit(Warn(line))
     for name, why in the_plan.dropped_sysprep:
         emit(Warn(f"sysprep operation {name} dropped: {why} (name it in sysprep.operations to keep it)"))
     out_dir = the_plan.output_dir

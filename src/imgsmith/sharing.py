@@ -75,12 +75,6 @@ def trusted_digest(path: Path, memo: Path) -> str:
     return digest
 
 
-def _base_sha256(plan: BuildPlan) -> str | None:
-    """The base image's sha256 when its key says it (a sha256 checksum), before it is here."""
-    algo, _, hexdigest = plan.base.key.partition(":")
-    return hexdigest if algo == "sha256" and len(hexdigest) == 64 else None
-
-
 _SHARED_META = ("definition", "layer", "parent_key", "token", "backend", "guest")
 """What a pushed entry tells of its layer (meta.json less this host's paths and times)."""
 
@@ -92,6 +86,7 @@ class Sharing:
         self.store = store
         self.remote = remote
         self.cache = cache
+        self.refusals: list[str] = []  # one line per remote entry the plan refused, for the build to say
 
     def _lookup(self, key: str) -> tuple[RemoteEntry | None, str | None]:
         try:
@@ -105,6 +100,7 @@ class Sharing:
         """Set each layer's ``source`` (local, remote, build) and ``share`` (push, or why not)."""
         parent_blob: str | None = None
         parent_source = "base"
+        self.refusals = []
         secret_below = False
         for layer in plan.layers:
             layer.source, entry = self._source(plan, layer, parent_source, parent_blob, no_cache)
@@ -127,10 +123,11 @@ class Sharing:
         if entry is None:
             if why:
                 layer.miss = f"{layer.miss}; the remote entry is refused: {why}"
+                self.refusals.append(f"layer {layer.index} {layer.name}: remote layer {layer.key[:12]} refused: "
+                                     f"{why}; building it")
             return "build", None
-        fits = (entry.parent.get("blob") == parent_blob if layer.index > 1 else
-                _base_sha256(plan) in (None, entry.parent.get("sha256")))
-        if not fits:
+        # The base image's bytes are compared when the layer is pulled (the base may not be here yet).
+        if layer.index > 1 and entry.parent.get("blob") != parent_blob:
             layer.miss = f"{layer.miss}; the remote layer was made on other bytes of its parent"
             return "build", None
         layer.miss = None
