@@ -357,3 +357,46 @@ def test_two_hosts_building_one_key_at_once_both_succeed(farm: tuple[Host, Host,
     r = a.run("cache", "prune", "--remote", "--all")
     assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("removed "), r.stdout
     assert json.loads(a.run("cache", "ls", "--remote", "--json").stdout)["layers"] == []
+
+
+# --- settings and signatures (no server) ---------------------------------------------------------
+
+def test_settings_come_from_the_command_line_then_the_environment_then_the_config(tmp_path: Path) -> None:
+    from imgsmith.cache.config import load_settings
+    from imgsmith.errors import UsageError
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[cache]\nremote = "oci://127.0.0.1:5000/team/layers"\nsigning-key = "k"\n'
+                   'trusted-keys = ["k.pub"]\n')
+    env = {"IMGSMITH_CONFIG": str(cfg)}
+    s = load_settings(env=env)
+    assert s is not None and s.url.scheme == "oci" and s.url.path == "team/layers" and s.push
+    assert s.signing_key == tmp_path / "k" and s.trusted_keys == (tmp_path / "k.pub",)
+    s = load_settings(env={**env, "IMGSMITH_CACHE_REMOTE": "s3://b/p?endpoint=http://127.0.0.1:9"})
+    assert s is not None and s.url.host == "b" and s.url.params == {"endpoint": "http://127.0.0.1:9"}
+    s = load_settings(remote="s3://c", pull_only=True, env=env)
+    assert s is not None and s.url.host == "c" and not s.push
+    assert load_settings(remote="none", env=env) is None
+    assert load_settings(env={"IMGSMITH_CONFIG": str(tmp_path / "absent.toml")}) is None
+    with pytest.raises(UsageError, match=r"cache remote 'http://x': give s3://BUCKET/PREFIX\?endpoint=URL or oci://"):
+        load_settings(remote="http://x", env=env)
+    cfg.write_text('[cache]\nremote = "s3://b"\npush = "yes"\n')
+    with pytest.raises(UsageError, match=r"push must be true or false"):
+        load_settings(env=env)
+    cfg.write_text('[cache]\nremotes = "s3://b"\n')
+    with pytest.raises(UsageError, match=r"\[cache\] has no setting 'remotes'"):
+        load_settings(env=env)
+
+
+def test_a_signature_covers_every_field_and_names_its_key(tmp_path: Path) -> None:
+    from imgsmith.cache.signing import Signer, TrustedKeys
+    private, public = _keys(tmp_path, "a")
+    other, _ = _keys(tmp_path, "b")
+    trusted = TrustedKeys.load([public])
+    doc = Signer.load(private).sign({"v": 1, "key": "k", "blob": "sha256:" + "0" * 64})
+    assert trusted.problem(doc) is None
+    assert trusted.problem({**doc, "blob": "sha256:" + "1" * 64}) == (
+        f"the entry's signature by key {doc['signer']} does not match its content")
+    foreign = Signer.load(other).sign(doc)
+    assert trusted.problem(foreign) == f"the entry is signed by key {foreign['signer']}, which this host does not trust"
+    assert trusted.problem({"v": 1}) == "the entry is not signed"
+    assert (private.stat().st_mode & 0o777) == 0o600
