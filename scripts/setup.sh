@@ -8,6 +8,7 @@ PKGS=(
   libguestfs-tools python3-guestfs python3-venv qemu-utils qemu-system-x86 qemu-block-extra
   linux-image-amd64 xfsprogs e2fsprogs fdisk busybox-static mmdebstrap debootstrap
   bubblewrap fuse3 cloud-guest-utils
+  docker-registry  # an OCI registry (distribution), started on 127.0.0.1 by the remote cache tests
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cache.config import RemoteSettings
 from .cache.store import LayerStore
 from .definition import LoadedDefinition
 from .guest.backend import Choice
@@ -40,6 +41,7 @@ class BuildOptions:
     backend: str | None = None  # None: the definition's backend (default auto)
     trust_image: bool = False  # lets auto use chroot on a source without a checksum
     check: bool = True  # judge each cloud preset's output for its cloud (imgsmith check)
+    remote: RemoteSettings | None = None  # the host's remote layer cache (cache/config.py), if any
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class PlannedLayer:
     cached: bool = False
     memsize: int | None = None
     miss: str | None = None  # why it will run, when it is not cached
+    source: str = ""  # "local", "remote" or "build" (set with a remote cache: sharing.py)
+    share: str | None = None  # "push", or why it is not pushed (None: no remote cache)
 
 
 @dataclass

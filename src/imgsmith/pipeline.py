@@ -40,6 +40,7 @@ from .ops.base import ApplyContext, Settings
 from .paths import cache_root
 from .rebuild import patch_updates
 from .runner import apply_operations
+from .sharing import Sharing, reuse_local
 
 __all__ = ["BuildOptions", "BuildPlan", "BuildResult", "GuestFacts", "LayerOutcome", "build", "plan"]
 
@@ -146,13 +147,25 @@ def _doing(what: str) -> Iterator[None]:
         raise HostIOError(what, exc) from exc
 
 
-def plan(loaded: LoadedDefinition, options: BuildOptions = BuildOptions()) -> BuildPlan:
+def plan(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), sharing: Sharing | None = None
+         ) -> BuildPlan:
     """The plan of a build (keys, cache hits, why each miss runs) without fetching or building anything."""
     cache = options.cache_dir or cache_root()
     store = LayerStore(cache / "layers")
     result = plan_build(loaded, options, plan_base(loaded, cache), store)
+    sharing = sharing or _sharing(options, store, cache)
+    if sharing is not None:
+        sharing.annotate(result, no_cache=options.no_cache)
     result.up_to_date = _up_to_date(result, options)
     return result
+
+
+def _sharing(options: BuildOptions, store: LayerStore, cache: Path) -> Sharing | None:
+    """The remote layer cache of this host (cache/config.py), when one is configured."""
+    if options.remote is None:
+        return None
+    from .cache.remote import RemoteCache
+    return Sharing(store, RemoteCache(options.remote), cache)
 
 
 def _fetch_base(loaded: LoadedDefinition, cache: Path, key: BaseKey, emit: Sink) -> BaseRef:
@@ -228,8 +241,8 @@ def _build_layer(plan: BuildPlan, layer: PlannedLayer, parent: tuple[Path, str],
 
 
 def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, timings: dict[str, float],
-            no_cache: bool) -> list[LayerOutcome]:
-    """Every layer in order: reuse the cached ones, build the others, each on the one before."""
+            no_cache: bool, sharing: Sharing | None = None) -> list[LayerOutcome]:
+    """Every layer in order: reuse the cached ones (bytes checked), pull what the remote has, build the others."""
     choice = plan.backend
     if any(not layer.cached for layer in plan.layers):
         emit(Message(f"backend: {choice.name} ({choice.reason})"))
@@ -238,9 +251,11 @@ def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, ti
     outcomes: list[LayerOutcome] = []
     count = len(plan.layers)
     for layer in plan.layers:
-        existing = None if no_cache else store.get(layer.key)
+        existing, detail = None if no_cache else reuse_local(store, layer, emit), "cached"
+        if existing is None and sharing is not None and layer.source == "remote":
+            existing, detail = sharing.pull(layer, parent, emit), f"pulled from {sharing.remote.name}"
         if existing is not None:
-            emit(StageStarted(StageKind.LAYER, "cached", layer.index, count, layer.name, cached=True))
+            emit(StageStarted(StageKind.LAYER, detail, layer.index, count, layer.name, cached=True))
             emit(StageFinished(StageKind.LAYER, 0.0))
             store.touch(layer.key)
             outcomes.append(LayerOutcome(layer, existing, True))
@@ -253,6 +268,16 @@ def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, ti
         outcomes.append(outcome)
         parent = (outcome.path, "qcow2")
     return outcomes
+
+
+def _push(sharing: Sharing, plan: BuildPlan, layers: list[LayerOutcome], base: tuple[Path, str], *, emit: Sink,
+          timings: dict[str, float]) -> None:
+    """Layers the remote lacks go up after they are published here (sharing.py says which may)."""
+    t = time.monotonic()
+    pushed = sharing.push(plan, [(x.layer, x.path) for x in layers], base, emit)
+    if pushed:
+        timings["push"] = time.monotonic() - t
+        emit(Message(f"pushed {len(pushed)} layer(s) to {sharing.remote.name}"))
 
 
 def _cached_facts(store: LayerStore, plan: BuildPlan) -> tuple[GuestFacts | None, str | None]:
@@ -282,7 +307,10 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     timings: dict[str, float] = {}
     cache = options.cache_dir or cache_root()
     store = LayerStore(cache / "layers")
-    the_plan = plan(loaded, options)
+    sharing = _sharing(options, store, cache)
+    the_plan = plan(loaded, options, sharing)
+    for line in sharing.refusals if sharing else []:
+        emit(Warn(line))
     for name, why in the_plan.dropped_sysprep:
         emit(Warn(f"sysprep operation {name} dropped: {why} (name it in sysprep.operations to keep it)"))
     out_dir = the_plan.output_dir
@@ -295,7 +323,10 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     base = _fetch_base(loaded, cache, the_plan.base, emit)
     timings["source"] = time.monotonic() - t
     result = BuildResult(the_plan, timings=timings)
-    result.layers = _layers(the_plan, base, store, emit, timings=timings, no_cache=options.no_cache)
+    result.layers = _layers(the_plan, base, store, emit, timings=timings, no_cache=options.no_cache,
+                            sharing=sharing)
+    if sharing is not None:
+        _push(sharing, the_plan, result.layers, (base.path, base.format), emit=emit, timings=timings)
     final = (result.layers[-1].path, "qcow2") if result.layers else (base.path, base.format)
     facts, backend = result.facts, result.backend
     if facts is None:

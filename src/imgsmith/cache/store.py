@@ -3,7 +3,8 @@
 Layout under ``root`` (``cache_root()/"layers"``)::
 
     <key>/layer.qcow2        the layer, read-only once published
-    <key>/meta.json          created, last_used, parent key and path, definition name, token
+    <key>/meta.json          created, last_used, parent key and path, definition name, token,
+                             the layer file's sha256 (checked before every use: see verify())
     .tmp-<key>-<pid>/        a layer being built (never returned by get)
     .locks/<key>.lock        per-key flock: one builder per key, across processes and threads
 
@@ -39,7 +40,7 @@ from typing import Any
 
 from .. import proc
 from ..disk import qemuimg
-from ..host.files import atomic_write, file_lock, fsync_dir, fsync_file, try_file_lock
+from ..host.files import atomic_write, file_lock, fsync_dir, fsync_file, sha256_file, try_file_lock
 
 __all__ = ["LAYER_KEY_VERSION", "LayerEntry", "LayerStore", "MissReason"]
 
@@ -68,11 +69,13 @@ class LayerEntry:
     definition: str | None
     parent_key: str | None
     parent_path: str
+    sha256: str | None = None  # recorded at publication (None: published before checksums were kept)
+    blob: str | None = None  # digest of the layer as the remote cache holds it, once pushed or pulled
 
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "path": os.fspath(self.path), "size": self.size, "created": self.created,
                 "last_used": self.last_used, "definition": self.definition, "parent_key": self.parent_key,
-                "parent_path": self.parent_path}
+                "parent_path": self.parent_path, "sha256": self.sha256, "blob": self.blob}
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,8 @@ class LayerStore:
                 definition=str(meta["definition"]) if meta.get("definition") is not None else None,
                 parent_key=str(parent_key) if parent_key is not None else None,
                 parent_path=str(meta.get("parent_path", "")),
+                sha256=str(meta["sha256"]) if meta.get("sha256") else None,
+                blob=str(meta["blob"]) if meta.get("blob") else None,
             ))
         out.sort(key=lambda e: (e.created, e.key))
         return out
@@ -307,8 +312,13 @@ class LayerStore:
             raise ValueError(f"layer {key[:12]}: meta parent_key/token do not hash to the key")
 
     @contextlib.contextmanager
-    def _building_locked(self, key: str, parent: Path, parent_fmt: str, meta: dict[str, Any]) -> Iterator[Path]:
-        """The body of :meth:`building` for a caller that already holds the key's lock."""
+    def _building_locked(self, key: str, parent: Path, parent_fmt: str, meta: dict[str, Any], *,
+                         overlay: bool = True) -> Iterator[Path]:
+        """The body of :meth:`building` for a caller that already holds the key's lock.
+
+        Without *overlay* the yielded path does not exist yet: the caller puts a layer
+        there (a pulled one, see :meth:`adopt`).
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         for stale in self.root.glob(f"{_TMP}{key}-*"):  # ours to sweep: we hold the key's lock
             shutil.rmtree(stale, ignore_errors=True)
@@ -320,7 +330,8 @@ class LayerStore:
             # Lets prune see which layer this build stands on, so it keeps it.
             _write_json(tmp / "building.json", {"parent_path": os.fspath(parent), "pid": os.getpid()})
             layer = tmp / LAYER_FILE
-            qemuimg.create_overlay(parent, parent_fmt, layer)
+            if overlay:
+                qemuimg.create_overlay(parent, parent_fmt, layer)
             yield layer
             self._publish(key, tmp, parent, parent_fmt, meta)
         except BaseException:
@@ -339,9 +350,10 @@ class LayerStore:
         os.chmod(layer, 0o444)
         fsync_file(layer)
         now = self.clock()
+        # The digest of the bytes as published: verify() compares before every use.
         record = {**meta, "format_version": LAYER_KEY_VERSION, "key": key, "created": now, "last_used": now,
-                  "parent_path": os.fspath(parent), "parent_format": parent_fmt}
-        (tmp / "building.json").unlink()
+                  "parent_path": os.fspath(parent), "parent_format": parent_fmt, "sha256": sha256_file(layer)}
+        (tmp / "building.json").unlink(missing_ok=True)
         _write_json(tmp / META_FILE, record)  # fsyncs tmp's entries too
         try:
             os.rename(tmp, final)
@@ -352,6 +364,77 @@ class LayerStore:
             return
         fsync_dir(self.root)
         log.info("published layer %s", key[:12])
+
+    def adopt(self, key: str, parent: Path, parent_fmt: str, meta: dict[str, Any],
+              fill: Callable[[Path], None]) -> Path:
+        """Publish as *key* a layer made elsewhere: *fill(path)* writes it (a pulled, verified blob).
+
+        Same lock, temp directory and atomic publication as a build; the layer's backing
+        file is then set to *parent* without reading it (``qemu-img rebase -u``), since
+        the layer was made on a parent with the same bytes at another path.
+        """
+        self._check_meta(key, meta)
+        with file_lock(self._lock_path(key)):
+            found = self.get(key)
+            if found is None:
+                with self._building_locked(key, parent, parent_fmt, meta, overlay=False) as layer:
+                    fill(layer)
+                    qemuimg.rebase_unsafe(layer, Path(parent).resolve(), parent_fmt)
+                found = self.get(key)
+        if found is None:  # pragma: no cover - only if the cache is deleted under us
+            raise FileNotFoundError(f"layer {key} vanished right after it was published")
+        return found
+
+    def meta(self, key: str) -> dict[str, Any] | None:
+        """The published layer's meta.json (a copy), or None."""
+        return self._meta(key)
+
+    def record(self, key: str, **fields: Any) -> None:
+        """Add *fields* to a published layer's meta.json (the blob digest once it is pushed)."""
+        with file_lock(self._lock_path(key)):
+            meta = self._meta(key)
+            if meta is not None:
+                meta.update(fields)
+                _write_json(self._dir(key) / META_FILE, meta)
+
+    # integrity
+
+    def verify(self, key: str) -> str | None:
+        """Why the published layer's bytes are not the ones published (one line), or None if they are.
+
+        A layer published before checksums were recorded cannot be checked and passes.
+        """
+        meta = self._meta(key)
+        if meta is None:
+            return f"layer {key[:12]} is not in the cache"
+        expected = meta.get("sha256")
+        if not expected:
+            return None
+        try:
+            actual = sha256_file(self._dir(key) / LAYER_FILE)
+        except OSError as exc:
+            return f"layer {key[:12]} cannot be read: {exc.strerror or exc}"
+        if actual != expected:
+            return f"layer {key[:12]} is damaged: sha256 {actual[:16]}… instead of {str(expected)[:16]}…"
+        return None
+
+    def evict(self, key: str) -> list[str]:
+        """Delete *key* and every layer built on it (their bytes only fit this parent); the keys removed."""
+        entries = self.entries()
+        parent_of = {e.key: self._layer_key_of(e.parent_path) for e in entries}
+        doomed = {key}
+        grew = True
+        while grew:
+            grew = False
+            for k, parent in parent_of.items():
+                if parent in doomed and k not in doomed:
+                    doomed.add(k)
+                    grew = True
+        removed = []
+        for k in sorted(doomed, key=lambda k: k != key):  # descendants after the damaged one
+            if self._delete(k):
+                removed.append(k)
+        return removed
 
     # cleaning
 

@@ -34,6 +34,26 @@ examples:
 """
 
 
+def add_remote_options(p: argparse.ArgumentParser) -> None:
+    """The host's remote layer cache, overriding IMGSMITH_CACHE_REMOTE and the config file (docs/build.md)."""
+    g = p.add_argument_group("remote layer cache (per host: also IMGSMITH_CACHE_REMOTE and the config file)")
+    g.add_argument("--cache-remote", metavar="URL", default=None,
+                   help="s3://BUCKET/PREFIX?endpoint=URL or oci://REGISTRY/REPOSITORY ('none': no remote)")
+    g.add_argument("--cache-push", dest="cache_push", action="store_true", default=None,
+                   help="push the layers built here (signed with the configured signing-key)")
+    g.add_argument("--no-cache-push", dest="cache_push", action="store_false", help="do not push")
+    g.add_argument("--cache-pull-only", action="store_true", help="pull from the remote, never push")
+    g.add_argument("--cache-trust-unsigned", action="store_true",
+                   help="use remote entries that no trusted key signed (not for shared caches)")
+
+
+def remote_settings(args: argparse.Namespace) -> Any:
+    """The RemoteSettings for this run, or None (cache/config.py)."""
+    from ..cache.config import load_settings
+    return load_settings(remote=args.cache_remote, push=args.cache_push, pull_only=args.cache_pull_only,
+                         trust_unsigned=args.cache_trust_unsigned)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("build", help="build images from a definition file (layers cached, outputs in parallel)",
                        description="Build the images a definition file describes.", epilog=EPILOG,
@@ -59,6 +79,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="do not judge cloud preset outputs for their cloud (the manifest says they were not)")
     p.add_argument("--no-network", dest="network", action="store_false", default=True,
                    help="disable the appliance network")
+    add_remote_options(p)
     p.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail")
@@ -91,6 +112,10 @@ def _plan_lines(plan: BuildPlan) -> list[str]:
     lines = [f"plan for {plan.definition.definition.name} (from {plan.base_origin}):"]
     for layer in plan.layers:
         what = "cached" if layer.cached else f"will run: {layer.miss}"
+        if layer.source == "remote":
+            what = "remote: will be pulled from the remote cache"
+        if layer.share is not None and layer.share != "push":
+            what += f" ({layer.share})"
         extra = f" + sysprep ({len(layer.sysprep)} ops)" if layer.sysprep else ""
         grow = f" + grow to {layer.resize}" if layer.resize else ""
         lines.append(f"  layer {layer.index} {layer.name}: {len(layer.ops)} step(s){grow}{extra} — {what} "
@@ -171,7 +196,9 @@ def _json_result(loaded: LoadedDefinition, result: BuildResult, args: argparse.N
     return {
         "name": loaded.definition.name, "nothing_to_do": result.nothing_to_do, "dry_run": args.dry_run,
         "output_dir": str(result.plan.output_dir),
-        "layers": [{"name": x.name, "key": x.key, "cached": x.cached, "miss": x.miss} for x in result.plan.layers],
+        "layers": [{"name": x.name, "key": x.key, "cached": x.cached, "miss": x.miss,
+                    "source": x.source or ("local" if x.cached else "build"), "share": x.share}
+                   for x in result.plan.layers],
         "dropped_sysprep": [n for n, _ in result.plan.dropped_sysprep],
         "outputs": [r.to_json() for r in result.outputs], "manifest": str(result.manifest or ""),
         "launches": result.launches, "sessions": result.sessions, "backend": result.backend,
@@ -185,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_definition(args.definition, overrides=args.overrides)
     options = BuildOptions(output_dir=args.output_dir, no_cache=args.no_cache, dry_run=args.dry_run,
                            memsize=args.memsize, network=args.network, boot_test=args.boot_test,
-                           backend=args.backend, trust_image=args.trust_image, check=args.check)
+                           backend=args.backend, trust_image=args.trust_image, check=args.check,
+                           remote=remote_settings(args))
     start = time.monotonic()
     live = use_live(sys.stderr, quiet=args.quiet, json_mode=args.json, debug=_debugging(args))
     result = (_build_live if live else _build_plain)(loaded, options, args)

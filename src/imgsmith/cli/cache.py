@@ -1,4 +1,4 @@
-"""`imgsmith cache ls|prune`: what the layer cache holds, and reclaiming its space."""
+"""`imgsmith cache ls|prune|verify|keygen`: what the layer caches (local and remote) hold, their space, their bytes."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cache import LayerEntry, LayerStore
 from ..disk.sizes import format_size, parse_size
 from ..errors import UsageError
 from ..paths import cache_root
 from ..source.base import cached_bases
+
+if TYPE_CHECKING:
+    from ..cache.remote import RemoteCache
 
 __all__ = ["parse_duration", "parse_max_size", "register"]
 
@@ -51,7 +54,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     pr.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.set_defaults(func=run_prune)
-    for q in (ls, pr):
+    ve = actions.add_parser(
+        "verify", help="check every cached layer's bytes against the sha256 recorded when it was published",
+        description="Check every cached layer against its recorded sha256; a damaged layer is evicted with the "
+                    "layers built on it (the next build rebuilds them). With --remote, download every remote "
+                    "entry's blob and check it against its entry (nothing is deleted remotely).")
+    ve.add_argument("--json", action="store_true", help="machine-readable output")
+    ve.set_defaults(func=run_verify)
+    kg = actions.add_parser("keygen", help="make an Ed25519 key pair to sign remote cache entries",
+                            description="Write a new Ed25519 private key to PATH (mode 0600) and its public key to "
+                                        "PATH.pub: give builders that push signing-key = PATH, and every host "
+                                        "trusted-keys = [PATH.pub] (docs/build.md).")
+    kg.add_argument("path", type=Path, metavar="PATH")
+    kg.set_defaults(func=run_keygen)
+    for q in (ls, pr, ve):
+        q.add_argument("--remote", action="store_true", help="the remote layer cache instead of the local one")
+        q.add_argument("--cache-remote", metavar="URL", default=None,
+                       help="the remote (default: IMGSMITH_CACHE_REMOTE, then the config file)")
+        q.add_argument("--cache-trust-unsigned", action="store_true", help="accept entries no trusted key signed")
+    for q in (ls, pr, ve, kg):
         q.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
 
 
@@ -100,6 +121,8 @@ def _store() -> LayerStore:
 
 
 def run_ls(args: argparse.Namespace) -> int:
+    if args.remote:
+        return _ls_remote(args)
     store = _store()
     entries = store.entries()
     bases = cached_bases(cache_root())
@@ -142,6 +165,8 @@ def _prune_limits(args: argparse.Namespace) -> tuple[int | None, float | None]:
 
 
 def run_prune(args: argparse.Namespace) -> int:
+    if args.remote:
+        return _prune_remote(args)
     max_size, older_than = _prune_limits(args)
     store = _store()
     removed = store.prune(max_size=max_size, older_than=older_than, dry_run=args.dry_run)
@@ -156,4 +181,101 @@ def run_prune(args: argparse.Namespace) -> int:
         print(f"{verb} {e.key[:12]}  {format_size(e.size)}  {e.definition or '-'}")
     print(f"{verb} {len(removed)} layer{'s' if len(removed) != 1 else ''} ({format_size(freed)}); "
           f"{len(kept)} kept ({format_size(sum(e.size for e in kept))})")
+    return 0
+
+
+# --- verify, keygen, and the remote cache --------------------------------------------------------
+
+def _remote(args: argparse.Namespace) -> RemoteCache:
+    from ..cache.config import load_settings
+    from ..cache.remote import RemoteCache
+    settings = load_settings(remote=args.cache_remote, trust_unsigned=args.cache_trust_unsigned)
+    if settings is None:
+        raise UsageError("--remote: no remote cache configured (--cache-remote URL, IMGSMITH_CACHE_REMOTE, or "
+                         "remote = ... in the config file)")
+    return RemoteCache(settings)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    if args.remote:
+        return _verify_remote(args)
+    store = _store()
+    results: list[dict[str, Any]] = []
+    for e in store.entries():
+        problem = store.verify(e.key)
+        evicted = store.evict(e.key) if problem else []
+        results.append({"key": e.key, "ok": problem is None, "problem": problem, "checked": e.sha256 is not None,
+                        "evicted": evicted})
+    damaged = [r for r in results if not r["ok"]]
+    if args.json:
+        print(json.dumps({"root": os.fspath(store.root), "layers": results, "damaged": len(damaged)}, indent=2))
+    else:
+        for r in damaged:
+            print(f"{r['problem']}: evicted {len(r['evicted'])} layer(s)")
+        unchecked = sum(1 for r in results if not r["checked"])
+        note = f" ({unchecked} published before checksums were recorded: not checked)" if unchecked else ""
+        print(f"{len(results) - len(damaged)} of {len(results)} layer(s) intact in {store.root}{note}")
+    return 1 if damaged else 0
+
+
+def _verify_remote(args: argparse.Namespace) -> int:
+    import tempfile
+    remote = _remote(args)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="imgsmith-verify-") as work:
+        for key, entry, why in remote.entries():
+            problem = why if entry is None else remote.verify(entry, Path(work))
+            results.append({"key": key, "ok": problem is None, "problem": problem})
+    bad = [r for r in results if not r["ok"]]
+    if args.json:
+        print(json.dumps({"remote": remote.name, "entries": results, "bad": len(bad)}, indent=2))
+    else:
+        for r in bad:
+            print(f"remote layer {r['key'][:12]}: {r['problem']}")
+        print(f"{len(results) - len(bad)} of {len(results)} remote entr{'y' if len(results) == 1 else 'ies'} "
+              f"verified in {remote.name}")
+    return 1 if bad else 0
+
+
+def _ls_remote(args: argparse.Namespace) -> int:
+    remote = _remote(args)
+    rows = remote.entries()
+    if args.json:
+        print(json.dumps({"remote": remote.name, "layers": [
+            {**(e.to_json() if e else {"key": key}), "refused": why} for key, e, why in rows]}, indent=2))
+        return 0
+    now = time.time()
+    for key, e, why in rows:
+        if e is None:
+            print(f"{key[:12]}  refused: {why}")
+        else:
+            print(f"{key[:12]}  {format_size(e.size)}  {_age(now - e.created)}  {e.meta.get('definition') or '-'}"
+                  f"  {e.meta.get('layer') or '-'}  signer {e.signer or 'none'}")
+    print(f"{len(rows)} layer{'s' if len(rows) != 1 else ''} in {remote.name}")
+    return 0
+
+
+def _prune_remote(args: argparse.Namespace) -> int:
+    if args.max_size is not None:
+        raise UsageError("--remote: prune by --older-than DURATION (or --all); --max-size is for the local cache")
+    if not args.all and args.older_than is None:
+        raise UsageError("nothing to prune by: give --older-than or --all")
+    remote = _remote(args)
+    removed = remote.prune(older_than=None if args.all else parse_duration(args.older_than), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "removed": [e.to_json() for e in removed]}, indent=2))
+        return 0
+    for e in removed:
+        print(f"{verb} {e.key[:12]}  {format_size(e.size)}  {e.meta.get('definition') or '-'}")
+    print(f"{verb} {len(removed)} remote layer{'s' if len(removed) != 1 else ''} from {remote.name}")
+    return 0
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    from ..cache.signing import generate_keypair
+    if args.path.exists():
+        raise UsageError(f"{args.path} exists: not overwriting a key")
+    pub, kid = generate_keypair(args.path)
+    print(f"private key {args.path} (keep it on the builders that push), public key {pub}, key id {kid}")
     return 0

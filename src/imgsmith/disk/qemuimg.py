@@ -39,6 +39,7 @@ __all__ = [
     "measure_qcow2",
     "open_image",
     "probe_format",
+    "rebase_unsafe",
     "resize",
 ]
 
@@ -266,6 +267,12 @@ def create_overlay(base: str | os.PathLike[str], base_fmt: str, dest: str | os.P
     if size is not None:
         argv.append(str(size))
     proc.run(argv)
+
+
+def rebase_unsafe(overlay: str | os.PathLike[str], backing: str | os.PathLike[str], backing_fmt: str) -> None:
+    """Point *overlay* at *backing* without reading either (``rebase -u``): the caller knows the
+    new backing file has the same bytes as the old one (a layer pulled from a remote cache)."""
+    proc.run([QEMU_IMG, "rebase", "-q", "-u", "-f", "qcow2", "-b", backing, "-F", backing_fmt, overlay])
 
 
 def commit(overlay: str | os.PathLike[str]) -> None:

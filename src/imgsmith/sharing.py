@@ -1,0 +1,238 @@
+"""Layers between this host and the rest of a farm: check before use, pull on a miss, push after.
+
+The pipeline asks three things, each a small function of this module:
+
+- :func:`reuse_local` — the cached layer, after checking its bytes against the sha256
+  recorded when it was published. A damaged layer (disk fault, a stray write) is
+  evicted with every layer built on it, said in one line, and rebuilt.
+- :meth:`Sharing.pull` — on a local miss, the remote entry for the key (signature
+  checked), its blob (sha256 checked), rebased onto the local parent and published
+  locally. Any refusal is one line and the layer is built instead.
+- :meth:`Sharing.push` — after the layers, every layer of the chain the remote lacks,
+  in order, unless it carries a secret or stands on one that does.
+
+:meth:`Sharing.annotate` decides the same before any work, for the plan: per layer
+``local``, ``remote`` or ``build``, and whether it will be pushed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .buildplan import BuildPlan, PlannedLayer
+from .cache.remote import RemoteCache, RemoteEntry, RemoteError
+from .cache.store import LayerStore
+from .events import Message, Sink, Warn
+from .host.files import atomic_write, sha256_file
+
+__all__ = ["Sharing", "carries_secret", "reuse_local", "trusted_digest"]
+
+
+def reuse_local(store: LayerStore, layer: PlannedLayer, emit: Sink) -> Path | None:
+    """The cached layer if its bytes are the published ones; a damaged one is evicted (one Warn)."""
+    found = store.get(layer.key)
+    if found is None:
+        return None
+    problem = store.verify(layer.key)
+    if problem is None:
+        return found
+    removed = store.evict(layer.key)
+    more = f" and {len(removed) - 1} layer(s) built on it" if len(removed) > 1 else ""
+    emit(Warn(f"layer {layer.index} {layer.name}: {problem}; evicted it{more}, rebuilding"))
+    return None
+
+
+def carries_secret(token: object) -> bool:
+    """True when a layer's token holds a hashed secret (a password, a key file read as a secret)."""
+    if isinstance(token, str):
+        return token.startswith("secret:")
+    if isinstance(token, dict):
+        return any(carries_secret(v) for v in token.values())
+    if isinstance(token, list):
+        return any(carries_secret(v) for v in token)
+    return False
+
+
+def trusted_digest(path: Path, memo: Path) -> str:
+    """sha256 of a base image, read once and then trusted while its (inode, size, mtime) stay the same."""
+    st = path.stat()
+    stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    try:
+        seen = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        seen = {}
+    entry = seen.get(os.fspath(path)) if isinstance(seen, dict) else None
+    if isinstance(entry, dict) and entry.get("stamp") == stamp:
+        return str(entry["sha256"])
+    digest = sha256_file(path)
+    seen = seen if isinstance(seen, dict) else {}
+    seen[os.fspath(path)] = {"stamp": stamp, "sha256": digest}
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(memo, json.dumps(seen))
+    return digest
+
+
+_SHARED_META = ("definition", "layer", "parent_key", "token", "backend", "guest")
+"""What a pushed entry tells of its layer (meta.json less this host's paths and times)."""
+
+
+class Sharing:
+    """One build's use of the remote cache (see the module docstring); *cache* is the cache root."""
+
+    def __init__(self, store: LayerStore, remote: RemoteCache, cache: Path) -> None:
+        self.store = store
+        self.remote = remote
+        self.cache = cache
+        self.refusals: list[str] = []  # one line per remote entry the plan refused, for the build to say
+
+    def _lookup(self, key: str) -> tuple[RemoteEntry | None, str | None]:
+        try:
+            return self.remote.lookup(key)
+        except RemoteError as exc:
+            return None, str(exc)
+
+    # the plan
+
+    def annotate(self, plan: BuildPlan, *, no_cache: bool) -> None:
+        """Set each layer's ``source`` (local, remote, build) and ``share`` (push, or why not)."""
+        parent_blob: str | None = None
+        parent_source = "base"
+        self.refusals = []
+        secret_below = False
+        for layer in plan.layers:
+            layer.source, entry = self._source(plan, layer, parent_source, parent_blob, no_cache)
+            parent_source = layer.source
+            if entry is not None:
+                parent_blob = entry.blob
+            else:
+                meta = self.store.meta(layer.key) if layer.source == "local" else None
+                parent_blob = str(meta["blob"]) if meta and meta.get("blob") else None
+            layer.share = self._share_note(layer, secret_below)
+            secret_below = secret_below or carries_secret(layer.token)
+
+    def _source(self, plan: BuildPlan, layer: PlannedLayer, parent_source: str, parent_blob: str | None,
+                no_cache: bool) -> tuple[str, RemoteEntry | None]:
+        if layer.cached:
+            return "local", None
+        if no_cache or parent_source == "build":
+            return "build", None
+        entry, why = self._lookup(layer.key)
+        if entry is None:
+            if why:
+                layer.miss = f"{layer.miss}; the remote entry is refused: {why}"
+                self.refusals.append(f"layer {layer.index} {layer.name}: remote layer {layer.key[:12]} refused: "
+                                     f"{why}; building it")
+            return "build", None
+        # The base image's bytes are compared when the layer is pulled (the base may not be here yet).
+        if layer.index > 1 and entry.parent.get("blob") != parent_blob:
+            layer.miss = f"{layer.miss}; the remote layer was made on other bytes of its parent"
+            return "build", None
+        layer.miss = None
+        return "remote", entry
+
+    def _share_note(self, layer: PlannedLayer, secret_below: bool) -> str:
+        if carries_secret(layer.token):
+            return "not pushed: it carries a secret (put secrets in the last layer)"
+        if secret_below:
+            return "not pushed: it is built on a layer that carries a secret"
+        if not self.remote.push_enabled:
+            return "not pushed: pushing is off (--cache-push, or push = true in the config)"
+        return "push"
+
+    # pulling
+
+    def _parent_identity(self, layer: PlannedLayer, parent: tuple[Path, str]) -> dict[str, str] | None:
+        """What the layer's parent is, as an entry names it: its blob, or the base image's sha256."""
+        if layer.index == 1:
+            return {"key": layer.parent_key, "sha256": trusted_digest(parent[0], self.cache / "base-digests.json")}
+        meta = self.store.meta(layer.parent_key)
+        blob = meta.get("blob") if meta else None
+        return {"key": layer.parent_key, "blob": str(blob)} if blob else None
+
+    def pull(self, layer: PlannedLayer, parent: tuple[Path, str], emit: Sink) -> Path | None:
+        """The layer from the remote, verified and rebased onto *parent*; None (said once) to build it."""
+        entry, why = self._lookup(layer.key)
+        where = f"layer {layer.index} {layer.name}: remote layer {layer.key[:12]}"
+        if entry is None:
+            emit(Warn(f"{where} refused: {why}; building it") if why else
+                 Message(f"{where} is gone from {self.remote.name}; building it"))
+            return None
+        identity = self._parent_identity(layer, parent)
+        if identity is None or any(entry.parent.get(k) != v for k, v in identity.items()):
+            emit(Message(f"{where} was made on other bytes of its parent; building it"))
+            return None
+        meta: dict[str, Any] = {**{k: v for k, v in entry.meta.items() if k not in ("parent_key",)},
+                                "parent_key": layer.parent_key, "token": layer.token, "blob": entry.blob,
+                                "pulled_from": self.remote.name}
+        refused: list[str] = []
+
+        def fill(dest: Path) -> None:
+            problem = self.remote.fetch(entry, dest)
+            if problem is not None:
+                refused.append(problem)
+                raise _Refused(problem)
+
+        try:
+            path = self.store.adopt(layer.key, parent[0], parent[1], meta, fill)
+        except _Refused:
+            emit(Warn(f"{where} refused: {refused[0]}; building it"))
+            return None
+        except RemoteError as exc:
+            emit(Warn(f"{where}: {exc}; building it"))
+            return None
+        emit(Message(f"{where}: pulled {entry.size} bytes from {self.remote.name}"))
+        return path
+
+    # pushing
+
+    def push(self, plan: BuildPlan, layers: list[tuple[PlannedLayer, Path]], base: tuple[Path, str],
+             emit: Sink) -> list[str]:
+        """Push the chain's layers the remote lacks, in order; the keys pushed. Failures are one Warn."""
+        pushed: list[str] = []
+        parent_fmt = base[1]
+        try:
+            for layer, path in layers:
+                if layer.share != "push":
+                    break
+                if not self._push_one(layer, path, parent_fmt, base=base, emit=emit, pushed=pushed):
+                    break
+                parent_fmt = "qcow2"
+        except RemoteError as exc:
+            emit(Warn(f"pushing to the remote cache failed: {exc}"))
+        return pushed
+
+    def _push_one(self, layer: PlannedLayer, path: Path, parent_fmt: str, *, base: tuple[Path, str], emit: Sink,
+                  pushed: list[str]) -> bool:
+        """Push one layer unless the remote has it; False when the layers above it must not be pushed."""
+        meta = self.store.meta(layer.key) or {}
+        entry, why = self.remote.lookup(layer.key)
+        if entry is not None or why is not None:
+            if entry is not None and entry.blob == meta.get("blob"):
+                return True
+            emit(Message(f"layer {layer.index} {layer.name}: the remote has another build of {layer.key[:12]}; "
+                         f"it and the layers above it are not pushed"))
+            return False
+        identity = self._parent_identity(layer, base)
+        if identity is None:
+            return False
+        shared: dict[str, Any] = {k: meta[k] for k in _SHARED_META if k in meta}
+        work = self.store.root / f".push-{layer.key}-{os.getpid()}"
+        blob, won = self.remote.push(layer.key, path, parent_fmt, parent=identity, meta=shared, work=work)
+        if not won:
+            entry, _ = self.remote.lookup(layer.key)
+            if entry is None or entry.blob != blob:
+                emit(Message(f"layer {layer.index} {layer.name}: another host pushed {layer.key[:12]} first"))
+                return False
+        self.store.record(layer.key, blob=blob)
+        pushed.append(layer.key)
+        emit(Message(f"layer {layer.index} {layer.name}: pushed {layer.key[:12]} to {self.remote.name}"))
+        return True
+
+
+class _Refused(Exception):
+    """A pulled blob failed its check: the adoption is abandoned (nothing published)."""
+
+
