@@ -84,7 +84,9 @@ class S3Destination(Destination):
             raise PublishError(f"{self.spec.name}: no S3 credentials: set AWS_ACCESS_KEY_ID and "
                                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or write ~/.aws/credentials")
         self.credentials = f"{creds.method} (access key {mask(creds.access_key)})"
+        # The ETag (MD5) of each part is checked against what was sent: no extra CRC pass over every part.
         config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=10,
+                        request_checksum_calculation="when_required",
                         max_pool_connections=max(10, self.options.jobs),
                         s3={"addressing_style": "path"} if e.endpoint else None)
         self.client = session.client("s3", endpoint_url=e.endpoint, config=config)
@@ -133,10 +135,10 @@ class S3Destination(Destination):
         if not self.multipart:
             reader = Reader(a.path, algo="md5", progress=report)
             try:
-                r = self._call("PutObject", Bucket=e.bucket, Key=self.key, Body=reader, ContentLength=a.file_size,
-                               Metadata={META: a.sha256})
+                body = reader.read()
             finally:
                 reader.close()
+            r = self._call("PutObject", Bucket=e.bucket, Key=self.key, Body=body, Metadata={META: a.sha256})
             self.sent = reader.sent
             self._check_etag(str(r.get("ETag", "")), reader.hash.hexdigest(), "PutObject")
             self.etag = str(r.get("ETag", "")).strip('"')
@@ -199,12 +201,14 @@ class S3Destination(Destination):
         def one(n: int) -> None:
             offset = (n - 1) * part
             length = min(part, size - offset)
+            # A part is read whole (botocore re-reads a stream to checksum it): at most jobs x part_size in memory.
             reader = Reader(a.path, algo="md5", offset=offset, length=length)
             try:
-                r = self._call("UploadPart", Bucket=e.bucket, Key=self.key, UploadId=state["upload_id"],
-                               PartNumber=n, Body=reader, ContentLength=length)
+                body = reader.read()
             finally:
                 reader.close()
+            r = self._call("UploadPart", Bucket=e.bucket, Key=self.key, UploadId=state["upload_id"],
+                           PartNumber=n, Body=body)
             self._check_etag(str(r["ETag"]), reader.hash.hexdigest(), f"UploadPart {n}")
             with lock:
                 state["parts"][str(n)] = str(r["ETag"]).strip('"')
