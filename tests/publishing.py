@@ -58,7 +58,7 @@ def build(tmp: Path, publish: str, *, mib: int = 24) -> Path:
 
 
 def with_guest(out: Path, **facts: Any) -> dict[str, Any]:
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
     manifest["guest"] = {"distro": "debian", "version": "12.0", "product": "Debian GNU/Linux 12", "arch": "x86_64",
                          "kernels": ["6.1.0-18-amd64"], "packages": [{"name": "qemu-guest-agent",
                                                                        "version": "1:7.2"}], **facts}

@@ -242,7 +242,8 @@ def test_centos7_example_from_a_local_mirror(centos_mirror: str, tmp_path: Path)
     assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "manifest.json"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["outputs"] == [] and len(manifest["refused"]) == 3
-    assert {e["rule"] for e in manifest["refused"][0]["checks"]["errors"]} >= {"openstack.cloud-init", "openstack.virtio"}
+    assert {e["rule"] for e in manifest["refused"][0]["checks"]["errors"]} >= {"openstack.cloud-init",
+                                                                               "openstack.virtio"}
 
     r = subprocess.run([*argv, "--no-check", "--json"], capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0, r.stderr

@@ -86,7 +86,6 @@ def test_republish_sends_nothing(glance: Server, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)["destinations"][0]
     assert (doc["status"], doc["sent_bytes"], doc["record"]["image_id"]) == ("unchanged", 0, first["image_id"])
-    assert "already there" in r.stderr or True
     assert images(glance) == before
     # Without the manifest's record (a fresh build dir), Glance is asked by imgsmith_sha256 and sha512.
     manifest = json.loads((out / "manifest.json").read_text())

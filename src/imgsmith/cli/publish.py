@@ -30,7 +30,8 @@ examples:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("publish", help="upload a build's outputs to Glance, S3 or an OCI registry",
                        description="Publish the outputs of a build to the destinations listed under publish: in "
-                                   "its definition.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   "its definition.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", type=Path, metavar="DIR|MANIFEST", help="a build directory or its manifest.json")
     add_options(p)
     p.add_argument("--definition", type=Path, default=None, metavar="FILE.yaml",
@@ -55,7 +56,8 @@ def add_options(p: argparse.ArgumentParser, *, prefix: str = "") -> None:
 
 
 def _events(args: argparse.Namespace) -> Any:
-    from ..events import Message, Progress as ProgressEvent, StageFinished, StageStarted, Warn
+    from ..events import Message, StageFinished, StageStarted, Warn
+    from ..events import Progress as ProgressEvent
     lines = Progress(quiet=args.quiet or args.json)
     last: dict[str, int] = {}
 
