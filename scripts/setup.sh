@@ -8,7 +8,7 @@ PKGS=(
   libguestfs-tools python3-guestfs python3-venv qemu-utils qemu-system-x86 qemu-block-extra
   linux-image-amd64 xfsprogs e2fsprogs fdisk busybox-static mmdebstrap debootstrap
   bubblewrap fuse3 cloud-guest-utils
-  docker-registry  # an OCI registry (distribution), started on 127.0.0.1 by the remote cache tests
+  docker-registry skopeo  # an OCI registry started on 127.0.0.1 by the remote cache and publish tests, and a client
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -30,3 +30,5 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+# OpenStack Glance for the publish tests, in its own venv (cached; keyed by its version pin).
+scripts/glance-venv.sh

@@ -28,10 +28,12 @@ class StageKind(StrEnum):
     CHECKS = "checks"
     MANIFEST = "manifest"
     BOOT = "boot"
+    PUBLISH = "publish"
 
 
 _TITLES = {StageKind.SOURCE: "source", StageKind.SYSPREP: "sysprep", StageKind.OUTPUTS: "outputs",
-           StageKind.CHECKS: "checks", StageKind.MANIFEST: "manifest", StageKind.BOOT: "boot test"}
+           StageKind.CHECKS: "checks", StageKind.MANIFEST: "manifest", StageKind.BOOT: "boot test",
+           StageKind.PUBLISH: "publish"}
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-network", dest="network", action="store_false", default=True,
                    help="disable the appliance network")
     add_remote_options(p)
+    p.add_argument("--publish", action="store_true",
+                   help="then publish to the definition's publish: destinations (as imgsmith publish DIR)")
+    from .publish import add_options
+    add_options(p, prefix="publish")
     p.add_argument("--json", action="store_true", help="print a machine-readable result on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail")
@@ -217,8 +221,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     live = use_live(sys.stderr, quiet=args.quiet, json_mode=args.json, debug=_debugging(args))
     result = (_build_live if live else _build_plain)(loaded, options, args)
+    published = _publish(result, args) if args.publish and not args.dry_run else None
     if args.json:
-        print_json(_json_result(loaded, result, args, time.monotonic() - start))
+        doc = _json_result(loaded, result, args, time.monotonic() - start)
+        if published is not None:
+            doc["published"] = [o.to_json() for o in published]
+        print_json(doc)
         return 0
     if args.dry_run:
         print("\n".join(_plan_lines(result.plan)))
@@ -233,4 +241,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"boot test: passed ({len(result.boot.get('checks', []))} check(s))")
     ran = f"{result.sessions} layer session(s), backend {result.backend}" if result.sessions else "all layers cached"
     print(f"manifest: {result.manifest}  ({time.monotonic() - start:.1f} s, {ran})")
+    if published is not None:
+        from .publish import print_outcomes
+        print_outcomes(published)
     return 0
+
+
+def _publish(result: BuildResult, args: argparse.Namespace) -> list[Any]:
+    """The publish stage after the build (and its boot test): the same code as `imgsmith publish DIR`."""
+    from .publish import publish_dir
+    return publish_dir(result.plan.output_dir, args, definition=result.plan.definition.path)

@@ -23,6 +23,7 @@ from ..disk.sizes import SizeSpec
 from ..errors import DefinitionError, Problem, UsageError
 from ..ops import CUSTOMIZE_OPERATIONS
 from ..ops.base import Operation, ParseContext
+from ..publish.spec import PublishSpec
 from .model import Definition
 from .resolve import OutputSpec, Resolved, SysprepPlan, resolve, resolve_parts
 from .yamlpos import Located, PathT, load_located
@@ -56,6 +57,10 @@ class LoadedDefinition:
     @property
     def outputs(self) -> tuple[OutputSpec, ...]:
         return self.resolved.outputs
+
+    @property
+    def publish(self) -> tuple[PublishSpec, ...]:
+        return self.resolved.publish
 
 
 def _fmt_path(path: Sequence[str | int]) -> str:

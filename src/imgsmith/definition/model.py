@@ -20,7 +20,8 @@ from ..source.bootstrap import BootstrapSpec
 if TYPE_CHECKING:
     from ..boot.test import Check as BootCheck
 
-__all__ = ["DEFINITION_VERSION", "Definition", "Layer", "Output", "SourceSection", "SysprepSection", "TestSection"]
+__all__ = ["DEFINITION_VERSION", "Definition", "Layer", "Output", "PublishEntry", "SourceSection", "SysprepSection",
+           "TestSection"]
 
 DEFINITION_VERSION = 1  # the ``version:`` a definition file carries (not the layer cache's format)
 
@@ -104,6 +105,34 @@ class TestSection(_Strict):
     checks: list[CheckModel] = Field(default_factory=list)
 
 
+class PublishEntry(_Strict):
+    """One destination of ``imgsmith publish``: which output goes where, and how it is named there.
+
+    The kind (``to:``) decides which of the other keys it uses; resolve.py refuses a key the
+    kind does not read, so a typo'd ``bucket:`` on a Glance entry is not silently ignored.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="what `--to` names")
+    output: str = Field(description="the output to publish: its file name or its preset")
+    to: str = Field(description="glance | s3 | oci://REGISTRY/REPO:TAG")
+    cloud: str | None = Field(None, description="glance: the clouds.yaml entry (else OS_CLOUD / OS_* variables)")
+    endpoint: str | None = Field(None, description="glance: the image endpoint (skips the catalog); s3: the "
+                                 "S3-compatible endpoint URL (OSS, COS, MinIO); default: the cloud's own")
+    region: str | None = Field(None, description="s3: the bucket's region")
+    bucket: str | None = Field(None, description="s3: the bucket the object goes into")
+    key: str | None = Field(None, description="s3: the object name (default: the image name plus the output's "
+                            "extension); {name}, {date}, {sha256:12} as for image-name")
+    image_name: str = Field("{name}-{date}", alias="image-name",
+                            description="the image (or object) name; {name} the definition's name, {date} "
+                                        "YYYYMMDD (UTC), {sha256:12} the first 12 digits of the output's sha256")
+    properties: dict[str, str | int | bool] = Field(default_factory=dict,
+                                                    description="glance: extra image properties (win over ours)")
+    visibility: Literal["private", "shared", "community", "public"] | None = Field(
+        None, description="glance: image visibility (default: the cloud's, private)")
+    tags: list[str] = Field(default_factory=list, description="glance: image tags; s3: object tags (key=value)")
+    insecure: bool = Field(False, description="oci: plain http to the registry (a local test registry)")
+
+
 class Definition(_Strict):
     version: Literal[1] = Field(description="format version of this file")
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -114,6 +143,8 @@ class Definition(_Strict):
     sysprep: SysprepSection | None = None
     outputs: list[Output] = Field(default_factory=list)
     test: TestSection | None = None
+    publish: list[PublishEntry] = Field(default_factory=list, description="where `imgsmith publish` (and "
+                                        "`imgsmith build --publish`) sends the outputs")
     backend: Literal["auto", "appliance", "chroot"] = Field(
         "auto", description="how steps run: appliance (libguestfs VM), chroot (root only; mounts the image on the "
                             "host and sandboxes its commands; much faster without KVM), or auto (chroot when root "

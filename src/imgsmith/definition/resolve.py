@@ -26,10 +26,11 @@ from ..disk.presets import get_preset
 from ..errors import UsageError
 from ..ops.accounts import SshInject
 from ..ops.base import Operation
+from ..publish.spec import PublishSpec, resolve_entries
 from ..sysprep.base import SysprepOptions
 from ..sysprep.run import check_options
 from ..sysprep.select import resolve_selection
-from .model import Definition, Output, SysprepSection
+from .model import Definition, Output, PublishEntry, SysprepSection
 from .yamlpos import PathT
 
 __all__ = ["SYSPREP_CONFLICTS", "OutputSpec", "Resolved", "SysprepPlan", "resolve", "resolve_parts"]
@@ -78,6 +79,7 @@ class SysprepPlan:
 class Resolved:
     sysprep: SysprepPlan | None
     outputs: tuple[OutputSpec, ...]
+    publish: tuple[PublishSpec, ...] = ()
 
 
 def _sysprep(section: SysprepSection | None, layer_ops: list[list[Operation]], found: Found) -> SysprepPlan | None:
@@ -157,7 +159,15 @@ def resolve(d: Definition, layer_ops: list[list[Operation]]) -> tuple[Resolved, 
     found: Found = []
     sysprep = _sysprep(d.sysprep, layer_ops, found)
     outputs = _outputs(d.name, list(enumerate(d.outputs)), found)
-    return Resolved(sysprep, outputs), found
+    publish = _publish(d.publish, outputs, found) if len(outputs) == len(d.outputs) else ()
+    return Resolved(sysprep, outputs, publish), found
+
+
+def _publish(entries: Sequence[PublishEntry], outputs: Sequence[OutputSpec], found: Found) -> tuple[PublishSpec, ...]:
+    """Each destination names an existing output its kind can take (judged only when every output resolved)."""
+    facts = [(o.name, o.target.preset.name if o.target.preset else None, o.target.format.name, o.target.layout.value)
+             for o in outputs]
+    return resolve_entries(entries, facts, found)
 
 
 def resolve_parts(data: Mapping[str, Any], layer_ops: list[list[Operation]]) -> Found:
