@@ -276,3 +276,45 @@ def test_sysprep_user_lists_are_honoured_by_the_build(chroot_project: tuple[Path
         assert manifest["sysprep"]["keep_user_accounts"] == (["debian"] if label == "keep" else [])
     assert b"\ndebian:x:1000:" in passwd["keep"]
     assert b"debian:" not in passwd["all"] and passwd["all"].startswith(b"root:x:0:0:")
+
+
+def _without_privileges(argv: list[str]) -> list[str]:
+    """*argv* run in a new user namespace: the same uid, but without root's power to override file
+    permissions, so a root-owned directory of mode 0555 refuses writes with EACCES, as for any user."""
+    return ["unshare", "--user", *argv]
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_permission_denied_is_one_line_and_touches_nothing(chroot_project: tuple[Path, dict[str, str]]) -> None:
+    work, env = chroot_project
+    probe = subprocess.run(_without_privileges(["true"]), capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"no user namespaces here: {probe.stderr.decode().strip()}")
+    (work / "t.yaml").write_text("version: 1\nname: t\nsource: {file: base.qcow2}\nbackend: chroot\nlayers:\n"
+                                 "  - name: a\n    steps: [{timezone: UTC}]\noutputs:\n  - format: qcow2\n")
+    r = run("build", "t.yaml", "-o", "first", "--trust-image", cwd=work, env=env)  # caches the layer, as root
+    assert r.returncode == 0, r.stderr
+    locked = work / "locked"
+    locked.mkdir()
+    (locked / "t.qcow2").write_bytes(b"an existing output\n")
+    locked.chmod(0o555)
+    secret = work / "secret.yaml"
+    secret.write_text((work / "t.yaml").read_text())
+    secret.chmod(0)
+    try:
+        for argv, expected in [
+            (["build", "t.yaml", "-o", str(locked), "--trust-image"], f"destination directory {locked} is not writable"),
+            (["convert", "base.qcow2", "--format", "raw", "-o", str(locked)],
+             f"destination directory {locked} is not writable"),
+            (["build", str(secret), "--dry-run"], f"{secret}: Permission denied"),
+        ]:
+            r = subprocess.run(_without_privileges([*IMGSMITH, *argv]), capture_output=True, text=True, cwd=work,
+                               env=env, check=False)
+            assert r.returncode == 2, r.stderr
+            assert errors(r) == [expected], r.stderr
+            assert "Traceback" not in r.stderr
+        assert sorted(p.name for p in locked.iterdir()) == ["t.qcow2"]
+        assert (locked / "t.qcow2").read_bytes() == b"an existing output\n"
+    finally:
+        locked.chmod(0o755)

@@ -29,7 +29,7 @@ from .definition import LoadedDefinition
 from .disk import qemuimg
 from .disk.convert import ConvertResult, convert_many
 from .disk.sizes import format_size
-from .errors import HostIOError, ImgsmithError, ReadinessError
+from .errors import HostIOError, ImgsmithError, ReadinessError, UsageError
 from .events import Message, Notice, Progress, Sink, StageFinished, StageKind, StageStarted, Warn, discard
 from .guest.api import OSInfo
 from .guest.facts import installed_packages, kernels
@@ -243,10 +243,7 @@ def _build_layer(plan: BuildPlan, layer: PlannedLayer, parent: tuple[Path, str],
 def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, timings: dict[str, float],
             no_cache: bool, sharing: Sharing | None = None) -> list[LayerOutcome]:
     """Every layer in order: reuse the cached ones (bytes checked), pull what the remote has, build the others."""
-    choice = plan.backend
-    if any(not layer.cached for layer in plan.layers):
-        emit(Message(f"backend: {choice.name} ({choice.reason})"))
-    how = "backend chroot" if choice.name == "chroot" else f"accelerator {accel.detect().name}"
+    how = ""  # decided at the first layer that runs: a build whose layers are all cached needs no backend
     parent: tuple[Path, str] = (base.path, base.format)
     outcomes: list[LayerOutcome] = []
     count = len(plan.layers)
@@ -261,8 +258,14 @@ def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, ti
             outcomes.append(LayerOutcome(layer, existing, True))
             parent = (existing, "qcow2")
             continue
+        if not how:
+            choice = plan.backend
+            emit(Message(f"backend: {choice.name} ({choice.reason})"))
+            how = "backend chroot" if choice.name == "chroot" else f"accelerator {accel.detect().name}"
         started = StageStarted(StageKind.LAYER, f"{len(layer.ops)} step(s) ({how})", layer.index, count, layer.name)
         with _stage(emit, started, timings, f"layer:{layer.name}"):
+            if layer.miss:
+                emit(Message(f"layer {layer.index} {layer.name} runs: {layer.miss}"))
             known = next((x.os for x in reversed(outcomes) if x.os is not None), None)
             outcome = _build_layer(plan, layer, parent, store=store, emit=emit, known=known)
         outcomes.append(outcome)
@@ -381,8 +384,16 @@ def _manifest(plan: BuildPlan, result: BuildResult, *, facts: GuestFacts | None,
         "guest": facts.to_json() if facts else None,
         "accelerator": accel_name,
         "timings": {k: round(v, 2) for k, v in result.timings.items()},
-        "backend": {"used": backend, "requested": plan.session.backend, "reason": plan.backend.reason},
+        "backend": {"used": backend, "requested": plan.session.backend, "reason": _backend_reason(plan)},
     }
+
+
+def _backend_reason(plan: BuildPlan) -> str:
+    """Why the backend is what it is; or why it could not be used, when no layer needed it (all cached)."""
+    try:
+        return plan.backend.reason
+    except UsageError as exc:
+        return exc.message
 
 
 def _write_outputs(plan: BuildPlan, final: tuple[Path, str], *, store: LayerStore, emit: Sink,
