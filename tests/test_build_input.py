@@ -304,7 +304,8 @@ def test_permission_denied_is_one_line_and_touches_nothing(chroot_project: tuple
     secret.chmod(0)
     try:
         for argv, expected in [
-            (["build", "t.yaml", "-o", str(locked), "--trust-image"], f"destination directory {locked} is not writable"),
+            (["build", "t.yaml", "-o", str(locked), "--trust-image"],
+             f"destination directory {locked} is not writable"),
             (["convert", "base.qcow2", "--format", "raw", "-o", str(locked)],
              f"destination directory {locked} is not writable"),
             (["build", str(secret), "--dry-run"], f"{secret}: Permission denied"),
