@@ -297,3 +297,40 @@ def test_docs_clouds_md_is_generated_from_the_rules() -> None:
     from imgsmith.clouds.doc import render_clouds_doc
     doc = Path(__file__).parent.parent / "docs" / "clouds.md"
     assert doc.read_text() == render_clouds_doc(), "docs/clouds.md is stale: run `make docs`"
+
+
+def _on_lvm(src: Path, dest: Path) -> Path:
+    """The good guest's root filesystem moved onto a logical volume (vg0/root), the LVM made inside the
+    libguestfs appliance so the host's device-mapper state is never touched."""
+    import guestfs  # type: ignore[import-untyped,unused-ignore]
+    raw, fs = dest.with_suffix(".raw"), dest.with_suffix(".fs")
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", src, raw], check=True)
+    subprocess.run(["dd", f"if={raw}", f"of={fs}", "bs=1M", "skip=1", "status=none"], check=True)
+    with raw.open("wb") as f:
+        f.truncate(1024 << 20)
+    subprocess.run(["sfdisk", "--quiet", raw], input="label: dos\nstart=2048, type=8e\n", text=True, check=True)
+    g = guestfs.GuestFS(python_return_dict=True)
+    try:
+        g.add_drive_opts(str(raw), format="raw")
+        g.launch()
+        g.pvcreate("/dev/sda1")
+        g.vgcreate("vg0", ["/dev/sda1"])
+        g.lvcreate("root", "vg0", fs.stat().st_size >> 20)
+        g.upload(str(fs), "/dev/vg0/root")
+        g.shutdown()
+    finally:
+        g.close()
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, dest], check=True)
+    for tmp in (raw, fs):
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+@pytest.mark.guest
+@ROOTLESS
+def test_lvm_root_is_refused_where_the_cloud_rejects_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    disk = _on_lvm(image(), tmp_path / "lvm.qcow2")
+    code, doc = check_json(disk, CLOUDS, capsys, backend="appliance")  # chroot refuses LVM guests
+    assert (code, errors(doc)) == (1, {"aliyun.no-lvm-root"}), doc["findings"]
+    finding = next(f for f in doc["findings"] if f["rule"] == "aliyun.no-lvm-root")
+    assert finding["found"].startswith("the root filesystem is on LVM (/dev/")
