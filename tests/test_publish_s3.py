@@ -149,7 +149,7 @@ def test_definition_errors_at_load(tmp_path: Path) -> None:
         "imgsmith: error: image.yaml:10:12: publish[1].name: destination name 'a' is used twice",
         "imgsmith: error: image.yaml:11:23: publish[2].output: no output named 'nothing' (outputs: pubtest.qcow2, "
         "pubtest.raw, pubtest.vmdk)",
-        "imgsmith: error: image.yaml:12:40: publish[3].to: unknown destination kind 'ftp' (known: glance, s3, "
+        "imgsmith: error: image.yaml:12:40: publish[3].to: unknown destination kind 'ftp' (known: glance, s3, aws, "
         "oci://REGISTRY/REPO:TAG)",
         "imgsmith: error: image.yaml:13:56: publish[4].bucket: glance does not use bucket",
     ]

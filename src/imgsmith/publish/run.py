@@ -19,6 +19,7 @@ from ..errors import UsageError
 from ..events import Message, Sink, StageFinished, StageKind, StageStarted, discard
 from ..manifest import MANIFEST, read_manifest, write_manifest
 from .base import Action, Artifact, Destination, PublishError, PublishOptions, Record
+from .aws import AwsDestination
 from .glance import GlanceDestination
 from .oci import OciDestination
 from .s3 import S3Destination
@@ -27,9 +28,9 @@ from .spec import PublishSpec, check_format
 __all__ = ["DESTINATIONS", "Outcome", "artifact_for", "locate", "publish"]
 
 DESTINATIONS: dict[str, type[Destination]] = {"glance": GlanceDestination, "s3": S3Destination,
-                                              "oci": OciDestination}
+                                              "oci": OciDestination, "aws": AwsDestination}
 # Which cloud's `imgsmith check` judges an output for a destination kind.
-_CHECKED_AS = {"glance": "openstack"}
+_CHECKED_AS = {"glance": "openstack", "aws": "aws"}
 
 
 @dataclass

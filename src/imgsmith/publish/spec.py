@@ -19,18 +19,21 @@ __all__ = ["ACCEPTS", "KINDS", "OciRef", "PublishSpec", "check_format", "parse_o
 # What each kind takes (qemu-img format names, plain layout). Glance's disk_format vocabulary:
 # https://docs.openstack.org/glance/latest/user/formats.html ("vpc" is Glance's "vhd").
 # An OCI containerDisk holds a qcow2 or raw disk (KubeVirt docs, "containerDisk").
-# An object store takes any file.
+# An object store takes any file. EC2 ImportSnapshot's DiskContainer.Format is VHD, VMDK or RAW
+# (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_SnapshotDiskContainer.html).
 ACCEPTS: dict[str, tuple[str, ...]] = {
     "glance": ("qcow2", "raw", "vmdk", "vpc", "vhdx", "vdi"),
+    "aws": ("raw", "vmdk", "vpc"),
     "oci": ("qcow2", "raw"),
     "s3": (),
 }
-KINDS = ("glance", "s3")  # plus oci://REGISTRY/REPO:TAG
+KINDS = ("glance", "s3", "aws")  # plus oci://REGISTRY/REPO:TAG
 # The optional keys each kind reads; any other optional key set on an entry is refused.
 _KEYS: dict[str, frozenset[str]] = {
     "glance": frozenset({"cloud", "endpoint", "image_name", "properties", "visibility", "tags"}),
     "s3": frozenset({"endpoint", "region", "bucket", "key", "image_name", "tags"}),
     "oci": frozenset({"insecure"}),
+    "aws": frozenset({"endpoint", "region", "bucket", "key", "image_name", "tags"}),
 }
 _OPTIONAL = ("cloud", "endpoint", "region", "bucket", "key", "image_name", "properties", "visibility", "tags",
              "insecure")
@@ -112,6 +115,10 @@ def resolve_entries(entries: Sequence[PublishEntry], outputs: Sequence[tuple[str
             continue
         if kind == "s3" and not entry.bucket:
             found.append((where, "an s3 destination needs bucket:"))
+            continue
+        if kind == "aws" and not (entry.bucket and entry.region):
+            found.append((where, "an aws destination needs region: and bucket: (the import reads the bucket "
+                                 "of its own region)"))
             continue
         match = [o for o in outputs if entry.output in (o[0], o[1])]
         if not match:
