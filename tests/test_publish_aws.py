@@ -104,7 +104,7 @@ def test_import_register_record_and_republish(moto: Server, ec2: Ec2StandIn, tmp
 def test_failed_import_reports_the_status_message(moto: Server, ec2: Ec2StandIn, tmp_path: Path) -> None:
     setup(moto, tmp_path, "failing")
     ec2.fail = FAILED
-    r = run("publish", "out", cwd=tmp_path, env=env(ec2))
+    r = run("publish", "out", "-q", cwd=tmp_path, env=env(ec2))
     task = next(iter(ec2.tasks))
     assert (r.returncode, r.stderr) == (1, f"imgsmith: error: ami: ec2 import task {task} deleted: {FAILED}\n")
     assert "RegisterImage" not in ec2.actions()
@@ -113,7 +113,7 @@ def test_failed_import_reports_the_status_message(moto: Server, ec2: Ec2StandIn,
 
 def test_wrong_secret_refused_by_signature_nothing_uploaded(moto: Server, ec2: Ec2StandIn, tmp_path: Path) -> None:
     setup(moto, tmp_path, "badsig")
-    r = run("publish", "out", cwd=tmp_path, env=env(ec2, AWS_SECRET_ACCESS_KEY="not-the-secret"))
+    r = run("publish", "out", "-q", cwd=tmp_path, env=env(ec2, AWS_SECRET_ACCESS_KEY="not-the-secret"))
     assert (r.returncode, r.stderr) == (
         1, "imgsmith: error: ami: ec2 DescribeImportSnapshotTasks: SignatureDoesNotMatch: The request signature we "
            "calculated does not match the signature you provided. Check your AWS Secret Access Key and signing "
@@ -137,7 +137,7 @@ def test_dry_run_shows_the_calls_and_sends_nothing(moto: Server, ec2: Ec2StandIn
 def test_no_guest_arch_is_refused_before_sending(moto: Server, ec2: Ec2StandIn, tmp_path: Path) -> None:
     out = setup(moto, tmp_path, "noarch")
     with_guest(out, arch="riscv64")
-    r = run("publish", "out", cwd=tmp_path, env=env(ec2))
+    r = run("publish", "out", "-q", cwd=tmp_path, env=env(ec2))
     assert (r.returncode, r.stderr) == (1, "imgsmith: error: ami: aws: the manifest's guest architecture 'riscv64' "
                                            "is not one EC2 registers (x86_64, arm64): build with layers so the "
                                            "guest is inspected\n")

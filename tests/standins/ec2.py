@@ -76,7 +76,7 @@ class Ec2StandIn:
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 -- http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 try:
                     status, xml = 200, standin.answer("POST", self.path, dict(self.headers.items()), body)
@@ -89,7 +89,7 @@ class Ec2StandIn:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 -- the Query API here is POST only
+            def do_GET(self) -> None:
                 data = error_xml("InvalidAction", "GET is not accepted by this stand-in").encode()
                 self.send_response(400)
                 self.send_header("Content-Length", str(len(data)))
@@ -176,14 +176,14 @@ class Ec2StandIn:
     def _id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids):017x}"
 
-    def _ImportSnapshot(self, p: dict[str, str]) -> str:  # noqa: N802 -- the action's name
+    def _ImportSnapshot(self, p: dict[str, str]) -> str:
         task = self._id("import-snap")
         self.tasks[task] = Task(p)
         return response("ImportSnapshot", f"<importTaskId>{task}</importTaskId>"
                         f"<description>{escape(p.get('Description', ''))}</description>"
                         f"<snapshotTaskDetail>{_detail(p, 'active', 'pending', '0')}</snapshotTaskDetail>")
 
-    def _DescribeImportSnapshotTasks(self, p: dict[str, str]) -> str:  # noqa: N802
+    def _DescribeImportSnapshotTasks(self, p: dict[str, str]) -> str:
         ids = [v for k, v in sorted(p.items()) if k.startswith("ImportTaskId.")]
         items = []
         for tid in ids or list(self.tasks)[-5:]:
@@ -207,7 +207,7 @@ class Ec2StandIn:
             detail = _detail(p, "completed", None, None) + f"<snapshotId>{snap}</snapshotId>"
         return f"<snapshotTaskDetail>{detail}</snapshotTaskDetail>"
 
-    def _RegisterImage(self, p: dict[str, str]) -> str:  # noqa: N802
+    def _RegisterImage(self, p: dict[str, str]) -> str:
         snap = p.get("BlockDeviceMapping.1.Ebs.SnapshotId", "")
         if snap not in self.snapshots:
             raise Refused(400, "InvalidSnapshot.NotFound", f"The snapshot '{snap}' does not exist.")

@@ -18,8 +18,8 @@ from typing import Any
 from ..errors import UsageError
 from ..events import Message, Sink, StageFinished, StageKind, StageStarted, discard
 from ..manifest import MANIFEST, read_manifest, write_manifest
-from .base import Action, Artifact, Destination, PublishError, PublishOptions, Record
 from .aws import AwsDestination
+from .base import Action, Artifact, Destination, PublishError, PublishOptions, Record
 from .glance import GlanceDestination
 from .oci import OciDestination
 from .s3 import S3Destination
