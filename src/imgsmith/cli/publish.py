@@ -28,7 +28,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("publish", help="upload a build's outputs to Glance, S3 or an OCI registry",
+    p = sub.add_parser("publish", help="upload a build's outputs to Glance, S3, an OCI registry or AWS (an AMI)",
                        description="Publish the outputs of a build to the destinations listed under publish: in "
                                    "its definition.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
