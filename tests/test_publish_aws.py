@@ -165,3 +165,41 @@ def test_standin_refuses_missing_parameters_and_unsigned_requests(ec2: Ec2StandI
         urllib.request.urlopen(req, timeout=5)
     assert http.value.code == 401 and b"<Code>AuthFailure</Code>" in http.value.read()
     assert ec2.requests == []
+
+
+def test_after_a_failed_import_the_rerun_imports_without_uploading(moto: Server, ec2: Ec2StandIn,
+                                                                    tmp_path: Path) -> None:
+    setup(moto, tmp_path, "retry")
+    ec2.fail = FAILED
+    assert run("publish", "out", "-q", cwd=tmp_path, env=env(ec2)).returncode == 1
+    ec2.fail = None
+    r = run("publish", "out", "--json", cwd=tmp_path, env=env(ec2))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)["destinations"][0]
+    assert (doc["status"], doc["sent_bytes"]) == ("published", 0)  # the object was already in the bucket
+    assert doc["record"]["image_id"].startswith("ami-") and ec2.actions().count("ImportSnapshot") == 2
+
+
+def test_import_still_running_at_the_timeout(moto: Server, ec2: Ec2StandIn, tmp_path: Path) -> None:
+    setup(moto, tmp_path, "slow")
+    ec2.active_polls = 1000
+    r = run("publish", "out", "-q", "--timeout", "2", cwd=tmp_path, env=env(ec2))
+    task = next(iter(ec2.tasks))
+    assert (r.returncode, r.stderr) == (1, f"imgsmith: error: ami: ec2 import task {task} still active (27%) "
+                                           "after 2 s\n")
+    assert "RegisterImage" not in ec2.actions()
+
+
+def test_aws_needs_region_and_bucket_at_load(tmp_path: Path) -> None:
+    from publishing import DEFINITION, make_disk
+    make_disk(tmp_path / "disk.raw", 12)
+    (tmp_path / "image.yaml").write_text(DEFINITION.format(publish="""\
+  - {name: a, output: pubtest.raw, to: aws, bucket: b}
+  - {name: b, output: pubtest.qcow2, to: aws, bucket: b, region: eu-west-1}
+"""))
+    r = run("build", "image.yaml", "--dry-run", cwd=tmp_path)
+    assert (r.returncode, r.stderr.splitlines()) == (2, [
+        "imgsmith: error: image.yaml:9:5: publish[0]: an aws destination needs region: and bucket: (the import "
+        "reads the bucket of its own region)",
+        "imgsmith: error: image.yaml:10:23: publish[1].output: pubtest.qcow2: aws does not take a qcow2 image (it "
+        "takes raw, vmdk, vpc)"])
