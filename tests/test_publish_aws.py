@@ -203,3 +203,14 @@ def test_aws_needs_region_and_bucket_at_load(tmp_path: Path) -> None:
         "reads the bucket of its own region)",
         "imgsmith: error: image.yaml:10:23: publish[1].output: pubtest.qcow2: aws does not take a qcow2 image (it "
         "takes raw, vmdk, vpc)"])
+
+
+def test_a_vmdk_that_is_not_stream_optimized_is_refused(moto: Server, ec2: Ec2StandIn, tmp_path: Path) -> None:
+    out = setup(moto, tmp_path, "sparse")
+    (tmp_path / "image.yaml").write_text((tmp_path / "image.yaml").read_text().replace(
+        "output: pubtest.raw\n    to: aws", "output: pubtest.vmdk\n    to: aws"))
+    r = run("publish", "out", "-q", cwd=tmp_path, env=env(ec2))
+    assert (r.returncode, r.stderr) == (2, "imgsmith: error: ami: pubtest.vmdk: AWS imports a streamOptimized VMDK, "
+                                           "not monolithicSparse (use the aws preset, or a raw output)\n")
+    assert ec2.requests == [] and out.exists()
+    assert s3(moto).list_objects_v2(Bucket="sparse").get("KeyCount", 0) == 0

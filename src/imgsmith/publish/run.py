@@ -78,6 +78,11 @@ def artifact_for(out_dir: Path, manifest: dict[str, Any], spec: PublishSpec) -> 
     refusal = check_format(spec.kind, str(entry.get("format")), str(entry.get("layout", "plain")))
     if refusal:
         raise UsageError(f"{spec.name}: {spec.output}: {refusal}")
+    sub = (entry.get("options") or {}).get("subformat", "monolithicSparse")
+    if spec.kind == "aws" and entry.get("format") == "vmdk" and sub != "streamOptimized":
+        # VM Import reads only stream-optimized VMDKs (the "aws" preset's): refused here, not after the upload.
+        raise UsageError(f"{spec.name}: {spec.output}: AWS imports a streamOptimized VMDK, not {sub} "
+                         "(use the aws preset, or a raw output)")
     path = out_dir / spec.output
     try:
         st = path.stat()
