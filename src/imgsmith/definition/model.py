@@ -114,7 +114,7 @@ class PublishEntry(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="what `--to` names")
     output: str = Field(description="the output to publish: its file name or its preset")
-    to: str = Field(description="glance | s3 | oci://REGISTRY/REPO:TAG")
+    to: str = Field(description="glance | s3 | aws | oci://REGISTRY/REPO:TAG")
     cloud: str | None = Field(None, description="glance: the clouds.yaml entry (else OS_CLOUD / OS_* variables)")
     endpoint: str | None = Field(None, description="glance: the image endpoint (skips the catalog); s3: the "
                                  "S3-compatible endpoint URL (OSS, COS, MinIO); default: the cloud's own")
