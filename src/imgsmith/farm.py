@@ -11,8 +11,9 @@ A variant that fails does not stop the others; its error is kept in its slot.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from .buildplan import BuildOptions
 from .definition import LoadedDefinition, load_variants
 from .errors import ImgsmithError, UsageError
-from .events import Sink
+from .events import Event, Sink, StageFinished, StageKind, StageStarted
 
 if TYPE_CHECKING:
     from .pipeline import BuildResult
@@ -58,19 +59,70 @@ def options_for(loaded: LoadedDefinition, options: BuildOptions, many: bool) -> 
     return dataclasses.replace(options, output_dir=options.output_dir / loaded.definition.name)
 
 
+def _missing(loaded: LoadedDefinition, options: BuildOptions) -> dict[str, str]:
+    """The layers this variant would build now, name to key (local cache only: no remote is contacted)."""
+    from .pipeline import plan
+    return {x.name: x.key for x in plan(loaded, dataclasses.replace(options, remote=None, dry_run=True)).layers
+            if not x.cached}
+
+
+class _Release:
+    """A running build's sink that lets go of each layer's key when its layer stage ends (built or failed)."""
+
+    def __init__(self, sink: Sink, keys: dict[str, str], held: set[str], lock: threading.Lock) -> None:
+        self.sink, self.keys, self.held, self.lock = sink, keys, held, lock
+        self.current = ""
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StageStarted) and event.kind is StageKind.LAYER:
+            self.current = event.name
+        elif isinstance(event, StageFinished) and event.kind is StageKind.LAYER:
+            with self.lock:
+                self.held.discard(self.keys.get(self.current, ""))
+        self.sink(event)
+
+
 def build_all(variants: Sequence[LoadedDefinition], options: BuildOptions, *, jobs: int,
               sink_for: Callable[[LoadedDefinition], Sink]) -> list[Outcome]:
-    """Build every variant, *jobs* at a time; outcomes in the order of *variants*."""
+    """Build every variant, up to *jobs* at a time; outcomes in the order of *variants*.
+
+    A variant does not start while a running build is making a layer it needs: it
+    starts once that layer's stage is over and then finds it cached, so a shared layer
+    is built (and reported as built) once. The store's lock alone would make it wait
+    too, but inside its own layer stage, counted as a session it did not run.
+    """
     from .pipeline import build  # heavy: the guest modules
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: give at least 1")
     many = len(variants) > 1
+    outcomes: dict[int, Outcome] = {}
+    lock = threading.Lock()
 
-    def one(loaded: LoadedDefinition) -> Outcome:
+    def one(loaded: LoadedDefinition, sink: Sink) -> Outcome:
         try:
-            return Outcome(loaded, result=build(loaded, options_for(loaded, options, many), sink_for(loaded)))
+            return Outcome(loaded, result=build(loaded, options_for(loaded, options, many), sink))
         except ImgsmithError as exc:
             return Outcome(loaded, error=exc)
 
-    with ThreadPoolExecutor(max_workers=min(jobs, len(variants)) or 1, thread_name_prefix="imgsmith-farm") as pool:
-        return list(pool.map(one, variants))
+    pending = list(range(len(variants)))
+    running: dict[Future[Outcome], tuple[int, set[str]]] = {}
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="imgsmith-farm") as pool:
+        while pending or running:
+            with lock:
+                busy = set().union(*(held for _, held in running.values()))
+            for index in list(pending):
+                if len(running) >= jobs:
+                    break
+                keys = _missing(variants[index], options)
+                if set(keys.values()) & busy:
+                    continue  # a running build makes a layer this one needs: wait for that layer
+                pending.remove(index)
+                held = set(keys.values())
+                busy |= held
+                sink = _Release(sink_for(variants[index]), keys, held, lock)
+                running[pool.submit(one, variants[index], sink)] = (index, held)
+            done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                index, _ = running.pop(future)
+                outcomes[index] = future.result()
+    return [outcomes[i] for i in range(len(variants))]
