@@ -243,7 +243,7 @@ def load_variants(file: Path, *, overrides: Sequence[str] = (), check_files: boo
         per_variant.append((label, found_here))
         if definition is None or found_here:
             continue
-        chosen = [*overrides, *matrix.selector(values)]
+        chosen = [*overrides, *(x for x in matrix.selector(values) if x not in overrides)]
         digest = hashlib.sha256(text.encode() + json.dumps(chosen).encode()).hexdigest()
         variants.append(LoadedDefinition(file, definition, layer_ops, digest, chosen, resolved, dict(values)))
     if any(found_here for _, found_here in per_variant):
