@@ -142,6 +142,24 @@ def test_two_builds_with_one_name_are_refused(project: Path) -> None:
         "would share a directory): rename one"]
 
 
+def test_build_of_several_definitions_gives_each_its_own_directory_and_a_json_list(project: Path) -> None:
+    (project / "other.yaml").write_text("version: 1\nname: other\nsource: {file: base.qcow2}\n")
+    r = run("build", "web.yaml", "other.yaml", "-o", "out", "--dry-run", "--json", "--jobs", "2", cwd=project)
+    assert r.returncode == 0, r.stderr
+    docs = json.loads(r.stdout)
+    assert [(d["name"], d["output_dir"], d["dry_run"]) for d in docs] == [
+        ("web-openstack-512", "out/web-openstack-512", True), ("web-openstack-1024", "out/web-openstack-1024", True),
+        ("web-aliyun-512", "out/web-aliyun-512", True), ("web-aliyun-1024", "out/web-aliyun-1024", True),
+        ("other", "out/other", True)]
+    text = run("build", "web.yaml", "other.yaml", "-o", "out", "--dry-run", cwd=project)
+    assert text.stdout.splitlines()[-1].startswith("5 of 5 build(s) planned (")
+    assert "  into: out/other" in text.stdout.splitlines()
+    single = run("build", "other.yaml", "-o", "out", "--dry-run", "--json", cwd=project)
+    assert json.loads(single.stdout)["output_dir"] == "out"  # one build: one document, -o as given
+    bad = run("build", "web.yaml", "--jobs", "0", "--dry-run", cwd=project)
+    assert (bad.returncode, bad.stderr) == (2, "imgsmith: error: --jobs 0: give at least 1\n")
+
+
 def test_plan_json_lists_one_job_per_variant_with_its_keys(project: Path) -> None:
     r = run("plan", "web.yaml", "--json", cwd=project)
     assert r.returncode == 0, r.stderr

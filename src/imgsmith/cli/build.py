@@ -301,8 +301,9 @@ def _run_many(variants: list[LoadedDefinition], args: argparse.Namespace) -> int
     if args.json:
         print_json(docs)
     failed = [o.error for o in outcomes if o.error is not None]
-    if not args.json and len(outcomes) > 1:
-        print(f"{len(outcomes) - len(failed)} of {len(outcomes)} build(s) succeeded "
+    if not args.json:
+        done = "planned" if args.dry_run else "succeeded"
+        print(f"{len(outcomes) - len(failed)} of {len(outcomes)} build(s) {done} "
               f"({time.monotonic() - start:.1f} s, --jobs {args.build_jobs})")
     return failed[0].exit_code if failed else 0
 
