@@ -275,3 +275,25 @@ def test_a_two_variant_matrix_builds_in_one_run_sharing_its_first_layer(tmp_path
               cwd=tmp_path)
     doc = json.loads(one.stdout)
     assert doc["name"] == "web-aliyun" and doc["sessions"] == 0 and doc["output_dir"] == "one"
+
+
+@pytest.mark.guest
+@pytest.mark.skipif(os.geteuid() != 0, reason="the chroot backend needs root")
+def test_a_failed_variant_does_not_stop_the_others(tmp_path: Path) -> None:
+    import shutil
+    shutil.copy(guest_image("debian12"), tmp_path / "base.qcow2")
+    (tmp_path / "m.yaml").write_text(
+        "version: 1\nname: t\nbackend: chroot\nmatrix: {cmd: ['true', 'false']}\nsource: {file: base.qcow2}\n"
+        "layers:\n  - name: a\n    steps:\n      - run-command: ${matrix.cmd}\n"
+        "outputs:\n  - format: qcow2\n    name: disk.qcow2\n")
+    r = run("build", "m.yaml", "-o", "out", "--jobs", "2", "--trust-image", "--json", cwd=tmp_path)
+    assert r.returncode == 1
+    ok, failed = json.loads(r.stdout)
+    assert ok["name"] == "t-true" and (tmp_path / "out" / "t-true" / "disk.qcow2").is_file()
+    assert failed["name"] == "t-false" and failed["error"]["kind"] and "false" in failed["error"]["message"]
+    assert not (tmp_path / "out" / "t-false").exists()
+    plain = run("build", "m.yaml", "-o", "out2", "--trust-image", cwd=tmp_path)
+    assert plain.returncode == 1
+    assert [x for x in plain.stderr.splitlines() if x.startswith("imgsmith: error: ")][0].startswith(
+        "imgsmith: error: t-false: ")
+    assert plain.stdout.splitlines()[-1].startswith("1 of 2 build(s) succeeded (")
