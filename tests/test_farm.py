@@ -294,6 +294,6 @@ def test_a_failed_variant_does_not_stop_the_others(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "t-false").exists()
     plain = run("build", "m.yaml", "-o", "out2", "--trust-image", cwd=tmp_path)
     assert plain.returncode == 1
-    assert [x for x in plain.stderr.splitlines() if x.startswith("imgsmith: error: ")][0].startswith(
-        "imgsmith: error: t-false: ")
+    errors = [x for x in plain.stderr.splitlines() if x.startswith("imgsmith: error: ")]
+    assert len(errors) == 1 and errors[0].startswith("imgsmith: error: t-false: "), errors
     assert plain.stdout.splitlines()[-1].startswith("1 of 2 build(s) succeeded (")
