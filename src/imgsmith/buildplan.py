@@ -98,8 +98,31 @@ class BuildPlan:
         return self.session.choice()
 
 
+_HOST_DIGESTS: dict[tuple[str, tuple[tuple[Any, ...], ...]], str] = {}  # per process: see digest_host_path
+
+
+def _tree_stamp(path: Path) -> tuple[tuple[Any, ...], ...]:
+    """What a host file or tree looks like to stat(): names, inodes, sizes, modes, mtimes and ctimes."""
+    def one(rel: str, st: os.stat_result) -> tuple[Any, ...]:
+        return (rel, st.st_dev, st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns)
+    stamps = [one("", path.stat())]
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            stamps += [one(os.path.relpath(os.path.join(root, n), path), os.stat(os.path.join(root, n)))
+                       for n in sorted(files + dirs)]
+    return tuple(stamps)
+
+
 def digest_host_path(path: Path) -> str:
-    """Content digest of a host file or directory tree (names, modes and contents)."""
+    """Content digest of a host file or directory tree (names, modes and contents).
+
+    Remembered for the life of the process while stat() sees the same tree: planning
+    thirty matrix variants that copy in one directory reads it once, not thirty times.
+    """
+    memo_key = (os.fspath(path.absolute()), _tree_stamp(path))
+    if memo_key in _HOST_DIGESTS:
+        return _HOST_DIGESTS[memo_key]
     h = hashlib.sha256()
     if path.is_dir():
         for root, dirs, files in os.walk(path):
@@ -111,7 +134,8 @@ def digest_host_path(path: Path) -> str:
     else:
         h.update(f"{path.stat().st_mode & 0o7777:o}\0".encode())
         hash_into(h, path)
-    return h.hexdigest()
+    _HOST_DIGESTS[memo_key] = digest = h.hexdigest()
+    return digest
 
 
 def _ops_token(ops: Sequence[Operation]) -> list[dict[str, Any]]:

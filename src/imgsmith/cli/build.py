@@ -31,6 +31,7 @@ examples:
   imgsmith build examples/centos7.yaml --set source.url=http://mirror.local/CentOS-7-x86_64-GenericCloud-2009.qcow2
   imgsmith build image.yaml --dry-run        # validate and show the plan
   imgsmith build image.yaml -o out/ --json   # machine-readable result
+  imgsmith build a.yaml b.yaml -o out/ --jobs 2   # every definition and matrix variant, into out/NAME/
 """
 
 
@@ -58,9 +59,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("build", help="build images from a definition file (layers cached, outputs in parallel)",
                        description="Build the images a definition file describes.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("definition", type=Path, metavar="FILE.yaml")
+    p.add_argument("definitions", type=Path, nargs="+", metavar="FILE.yaml",
+                   help="one or more definitions; each matrix: variant is a build of its own")
     p.add_argument("-o", "--output-dir", type=Path, default=None, metavar="DIR",
-                   help="where outputs go (default: ./dist/NAME/)")
+                   help="where outputs go (default: ./dist/NAME/; with several builds: DIR/NAME/)")
+    p.add_argument("-j", "--jobs", dest="build_jobs", type=int, default=1, metavar="N",
+                   help="with several builds: run N at a time (shared layers are built once)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a definition value, e.g. source.url=… or layers.1.steps.0.hostname=web-2 "
                         "(list items by index; value parsed as YAML; repeatable)")
@@ -157,7 +161,8 @@ class _PlainEvents:
     verbosity: on stdout, or on stderr with --json so stdout stays one JSON document.
     """
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, label: str = "") -> None:
+        self.label = f"{label}: " if label else ""  # which build, when several run at once
         self.lines = Progress(quiet=args.quiet or args.json)
         self.bars = _BarOrLines(args.quiet or args.json)
         self.verbose = bool(args.verbose)
@@ -166,14 +171,14 @@ class _PlainEvents:
     def __call__(self, event: Event) -> None:
         from ..events import Message, Notice, Progress, StageStarted, Warn
         if isinstance(event, StageStarted):
-            self.lines.message(str(event))
+            self.lines.message(self.label + str(event))
         elif isinstance(event, Message):
             if self.verbose:
-                self.lines.message(event.text)
+                self.lines.message(self.label + event.text)
         elif isinstance(event, Warn):
-            self.lines.warn(event.text)
+            self.lines.warn(self.label + event.text)
         elif isinstance(event, Progress):
-            self.bars(event.label, event.pct)
+            self.bars(self.label + event.label, event.pct)
         elif isinstance(event, Notice):
             self.notice(event.text)
 
@@ -210,14 +215,21 @@ def _json_result(loaded: LoadedDefinition, result: BuildResult, args: argparse.N
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..definition import load_definition  # heavy imports (pydantic, paramiko) only when building
+def _options(args: argparse.Namespace) -> BuildOptions:
     from ..pipeline import BuildOptions
-    loaded = load_definition(args.definition, overrides=args.overrides)
-    options = BuildOptions(output_dir=args.output_dir, no_cache=args.no_cache, dry_run=args.dry_run,
-                           memsize=args.memsize, network=args.network, boot_test=args.boot_test,
-                           backend=args.backend, trust_image=args.trust_image, check=args.check,
-                           remote=remote_settings(args))
+    return BuildOptions(output_dir=args.output_dir, no_cache=args.no_cache, dry_run=args.dry_run,
+                        memsize=args.memsize, network=args.network, boot_test=args.boot_test,
+                        backend=args.backend, trust_image=args.trust_image, check=args.check,
+                        remote=remote_settings(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..farm import load_all  # heavy imports (pydantic, paramiko) only when building
+    variants = load_all(args.definitions, args.overrides)
+    if len(variants) > 1:
+        return _run_many(variants, args)
+    loaded = variants[0]
+    options = _options(args)
     start = time.monotonic()
     live = use_live(sys.stderr, quiet=args.quiet, json_mode=args.json, debug=_debugging(args))
     result = (_build_live if live else _build_plain)(loaded, options, args)
@@ -231,20 +243,69 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(_plan_lines(result.plan)))
         return 0
+    _print_result(loaded, result, time.monotonic() - start)
+    if published is not None:
+        from .publish import print_outcomes
+        print_outcomes(published)
+    return 0
+
+
+def _print_result(loaded: LoadedDefinition, result: BuildResult, seconds: float) -> None:
     if result.nothing_to_do:
         print(f"{loaded.definition.name}: up to date ({result.plan.output_dir})")
-        return 0
+        return
     for r in result.outputs:
         patched = "  (patched)" if r.patched_bytes is not None else ""
         print(f"{r.path}  {r.format}  {r.file_size:,} bytes  sha256:{r.sha256[:16]}…{patched}")
     if result.boot is not None:
         print(f"boot test: passed ({len(result.boot.get('checks', []))} check(s))")
     ran = f"{result.sessions} layer session(s), backend {result.backend}" if result.sessions else "all layers cached"
-    print(f"manifest: {result.manifest}  ({time.monotonic() - start:.1f} s, {ran})")
-    if published is not None:
-        from .publish import print_outcomes
-        print_outcomes(published)
-    return 0
+    print(f"manifest: {result.manifest}  ({seconds:.1f} s, {ran})")
+
+
+def _run_many(variants: list[LoadedDefinition], args: argparse.Namespace) -> int:
+    """Several builds (farm.py): plain lines prefixed with each build's name; --json gives a list.
+
+    A failed build does not stop the others; the run exits with the first failure's code,
+    after every build has reported (in --json, a failed one is its error document).
+    """
+    from ..errors import error_document
+    from ..farm import build_all
+    start = time.monotonic()
+    outcomes = build_all(variants, _options(args), jobs=args.build_jobs,
+                         sink_for=lambda v: _PlainEvents(args, v.definition.name))
+    docs: list[dict[str, Any]] = []
+    for o in outcomes:
+        name = o.loaded.definition.name
+        if o.result is None:
+            assert o.error is not None
+            docs.append({"name": name, **error_document(o.error)})
+            if not args.json:
+                print(f"imgsmith: error: {name}: {o.error.message}", file=sys.stderr)
+            continue
+        result = o.result
+        published = _publish(result, args) if args.publish and not args.dry_run else None
+        doc = _json_result(o.loaded, result, args, time.monotonic() - start)
+        if published is not None:
+            doc["published"] = [p.to_json() for p in published]
+        docs.append(doc)
+        if args.json:
+            continue
+        if args.dry_run:
+            print("\n".join(_plan_lines(result.plan)))
+        else:
+            _print_result(o.loaded, result, time.monotonic() - start)
+        if published is not None:
+            from .publish import print_outcomes
+            print_outcomes(published)
+    if args.json:
+        print_json(docs)
+    failed = [o.error for o in outcomes if o.error is not None]
+    if not args.json:
+        done = "planned" if args.dry_run else "succeeded"
+        print(f"{len(outcomes) - len(failed)} of {len(outcomes)} build(s) {done} "
+              f"({time.monotonic() - start:.1f} s, --jobs {args.build_jobs})")
+    return failed[0].exit_code if failed else 0
 
 
 def _publish(result: BuildResult, args: argparse.Namespace) -> list[Any]:

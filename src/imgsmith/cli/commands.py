@@ -4,7 +4,22 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import bootstrap, build, cache, check, convert, customize, doctor, info, publish, resize, schema, sysprep, test
+from . import (
+               bootstrap,
+               build,
+               cache,
+               check,
+               convert,
+               customize,
+               doctor,
+               info,
+               plan,
+               publish,
+               resize,
+               schema,
+               sysprep,
+               test,
+)
 
-MODULES: list[ModuleType] = [build, customize, sysprep, convert, info, resize, check, test, publish, bootstrap, schema,
-                             cache, doctor]
+MODULES: list[ModuleType] = [build, plan, customize, sysprep, convert, info, resize, check, test, publish, bootstrap,
+                             schema, cache, doctor]

@@ -58,5 +58,5 @@ def use_live(stream: TextIO, *, quiet: bool, json_mode: bool, debug: bool) -> bo
         return False
 
 
-def print_json(data: dict[str, Any]) -> None:
+def print_json(data: dict[str, Any] | list[Any]) -> None:
     print(json.dumps(data, indent=2, default=str))

@@ -7,6 +7,7 @@ so a user fixes a file in one round.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,11 +25,12 @@ from ..errors import DefinitionError, Problem, UsageError
 from ..ops import CUSTOMIZE_OPERATIONS
 from ..ops.base import Operation, ParseContext
 from ..publish.spec import PublishSpec
+from . import matrix
 from .model import Definition
 from .resolve import OutputSpec, Resolved, SysprepPlan, resolve, resolve_parts
 from .yamlpos import Located, PathT, load_located
 
-__all__ = ["LoadedDefinition", "apply_overrides", "load_definition"]
+__all__ = ["LoadedDefinition", "apply_overrides", "load_definition", "load_variants"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class LoadedDefinition:
     text_hash: str  # sha256 of the file text plus overrides: the "definition hash" in the manifest
     overrides: list[str] = field(default_factory=list)
     resolved: Resolved = field(default_factory=lambda: Resolved(None, ()))
+    matrix: dict[str, str | int] = field(default_factory=dict)  # this variant's axis values (matrix.py)
 
     @property
     def base_dir(self) -> Path:
@@ -173,8 +176,8 @@ def _source_problems(file: Path, loc: Located, definition: Definition, check_fil
     return []
 
 
-def load_definition(file: Path, *, overrides: Sequence[str] = (), check_files: bool = True) -> LoadedDefinition:
-    """Load and validate *file*; raise DefinitionError listing every problem (exit code 2)."""
+def _read(file: Path) -> tuple[str, Located]:
+    """The file's text and located data, or the one problem that stops everything (not YAML, not a mapping)."""
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
@@ -189,8 +192,13 @@ def load_definition(file: Path, *, overrides: Sequence[str] = (), check_files: b
     if not isinstance(loc.data, dict):
         raise DefinitionError([Problem(1, 1, os.fspath(file), "(top)",
                                        "the definition must be a mapping (version:, name:, source: …)")])
-    problems = [Problem(line, col, os.fspath(file), _fmt_path(p), m) for p, m, (line, col) in loc.problems]
-    apply_overrides(loc.data, overrides)
+    return text, loc
+
+
+def _check(file: Path, loc: Located, check_files: bool) -> tuple[Definition | None, list[list[Operation]],
+                                                                  Resolved, list[Problem]]:
+    """One (variant of a) definition checked whole: the model, every step, the resolved parts."""
+    problems: list[Problem] = []
     definition: Definition | None = None
     try:
         definition = Definition.model_validate(loc.data)
@@ -205,7 +213,65 @@ def load_definition(file: Path, *, overrides: Sequence[str] = (), check_files: b
     else:
         found = resolve_parts(loc.data, layer_ops)
     problems += [_problem(file, loc, path, message) for path, message in found]
-    if problems or definition is None:
+    return definition, layer_ops, resolved, problems
+
+
+def load_variants(file: Path, *, overrides: Sequence[str] = (), check_files: bool = True) -> list[LoadedDefinition]:
+    """Every variant of *file*'s ``matrix:`` (one without a matrix); raise DefinitionError listing every problem.
+
+    Overrides apply before the expansion, so ``--set matrix.cloud=[aliyun]`` narrows the
+    matrix to one variant (what a CI job given by ``imgsmith plan`` does). A problem
+    found in only some variants names the variant; one found in all is reported once.
+    """
+    text, loc = _read(file)
+    problems = [Problem(line, col, os.fspath(file), _fmt_path(p), m) for p, m, (line, col) in loc.problems]
+    apply_overrides(loc.data, overrides)
+    axes, found = matrix.axes_of(loc)
+    found += matrix.unknown_refs(loc.data, axes)
+    problems += [_problem(file, loc, path[:-1] if path[-1] == "<key>" else path, message, key=path[-1] == "<key>")
+                 for path, message in found]
+    if problems:
         raise DefinitionError(problems)
-    digest = hashlib.sha256(text.encode() + json.dumps(list(overrides)).encode()).hexdigest()
-    return LoadedDefinition(file, definition, layer_ops, digest, list(overrides), resolved)
+    variants: list[LoadedDefinition] = []
+    per_variant: list[tuple[str, list[Problem]]] = []
+    for values in matrix.combinations(axes):
+        data = matrix.substitute(loc.data, values)
+        data["name"] = matrix.variant_name(loc.data.get("name"), values)
+        vloc = Located(data, loc.marks)
+        definition, layer_ops, resolved, found_here = _check(file, vloc, check_files)
+        label = str(data["name"])
+        per_variant.append((label, found_here))
+        if definition is None or found_here:
+            continue
+        chosen = [*overrides, *(x for x in matrix.selector(values) if x not in overrides)]
+        digest = hashlib.sha256(text.encode() + json.dumps(chosen).encode()).hexdigest()
+        variants.append(LoadedDefinition(file, definition, layer_ops, digest, chosen, resolved, dict(values)))
+    if any(found_here for _, found_here in per_variant):
+        raise DefinitionError(_name_variants(per_variant))
+    return variants
+
+
+def _name_variants(per_variant: list[tuple[str, list[Problem]]]) -> list[Problem]:
+    """Problems common to every variant once; the others prefixed with ``variant NAME:``."""
+    if len(per_variant) == 1:
+        return per_variant[0][1]
+    common = set.intersection(*(set(found) for _, found in per_variant))
+    out = list(common)
+    for label, found in per_variant:
+        out += [dataclasses.replace(p, message=f"variant {label}: {p.message}") for p in found if p not in common]
+    return out
+
+
+def load_definition(file: Path, *, overrides: Sequence[str] = (), check_files: bool = True) -> LoadedDefinition:
+    """Load and validate *file*, one definition; raise DefinitionError listing every problem (exit code 2).
+
+    A matrix that gives several variants is refused here (load_variants takes it whole):
+    the commands that build one image say which variant with ``--set matrix.AXIS=[VALUE]``.
+    """
+    variants = load_variants(file, overrides=overrides, check_files=check_files)
+    if len(variants) == 1:
+        return variants[0]
+    _, loc = _read(file)
+    names = ", ".join(v.definition.name for v in variants)
+    raise DefinitionError([_problem(file, loc, ("matrix",), f"the matrix gives {len(variants)} variants ({names}): "
+                                    "choose one with --set matrix.AXIS=[VALUE]", key=True)])

@@ -145,6 +145,9 @@ class Definition(_Strict):
     test: TestSection | None = None
     publish: list[PublishEntry] = Field(default_factory=list, description="where `imgsmith publish` (and "
                                         "`imgsmith build --publish`) sends the outputs")
+    matrix: dict[str, list[str | int]] | None = Field(
+        None, description="named axes, e.g. {cloud: [openstack, aliyun]}: one variant per combination, "
+                          "NAME-VALUE..., with ${matrix.AXIS} replaced in string values (docs/farm.md)")
     backend: Literal["auto", "appliance", "chroot"] = Field(
         "auto", description="how steps run: appliance (libguestfs VM), chroot (root only; mounts the image on the "
                             "host and sandboxes its commands; much faster without KVM), or auto (chroot when root "
