@@ -53,7 +53,8 @@ def test_seed_iso_reads_back_with_label_names_and_key(tmp_path: Path) -> None:
 
     assert user.startswith("#cloud-config\n")
     doc = yaml.safe_load(user)
-    (account,) = doc["users"]
+    default, account = doc["users"]
+    assert default == "default"  # the image's default user gets the datasource's keys
     assert account["name"] == "imgsmith"
     assert account["ssh_authorized_keys"] == [key.public]
     assert account["sudo"] == "ALL=(ALL) NOPASSWD:ALL"

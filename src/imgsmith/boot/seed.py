@@ -60,12 +60,15 @@ class SeedConfig:
 def user_data(cfg: SeedConfig) -> str:
     """``#cloud-config`` creating the test user (key-only, passwordless sudo), the proof file and the marker.
 
+    ``default`` keeps the image's default user (``debian``, ``ubuntu``, ...): cloud-init gives it
+    the datasource's public keys, and logging in with the instance key as that user is the
+    proof that the metadata's keys took effect.
     ``final_message`` is printed to the console by cloud-init's last module, after
     runcmd and the SSH keys are in place: seeing it means the boot is complete.
     ``$UPTIME`` is expanded by cloud-init and shows the guest's own view of boot time.
     """
     doc = {
-        "users": [{
+        "users": ["default", {
             "name": cfg.user,
             "gecos": "imgsmith boot test",
             "shell": "/bin/bash",
