@@ -7,12 +7,14 @@ The image is bootstrapped once per machine into ``$IMGSMITH_CACHE`` (default
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,24 @@ pytestmark = pytest.mark.boot
 CACHE = Path(os.environ.get("IMGSMITH_CACHE") or "/var/tmp/imgsmith-test-cache")
 
 
+@contextlib.contextmanager
+def _host_listener() -> Iterator[Check]:
+    """A listener on the host's 127.0.0.1, and a check that the guest cannot reach it.
+
+    Without ``restrict=on`` the guest's connection to its gateway (qemu's host address)
+    would arrive here; with it, qemu refuses it and nothing arrives.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        yield Check("gw=$(ip route show default | awk '{print $3}'); python3 -c 'import socket, sys; "
+                    f"socket.create_connection((sys.argv[1], {port}), 5)' \"$gw\"", expect_rc=1)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing came through
+
+
 @pytest.fixture(scope="session")
 def debian_image() -> Path:
     if os.geteuid() != 0:
@@ -38,13 +58,18 @@ def debian_image() -> Path:
 def test_bootstrapped_image_boots_and_passes_checks(debian_image: Path, tmp_path: Path) -> None:
     before = debian_image.stat()
     stages: list[str] = []
-    result = boot_test(debian_image, "qcow2", workdir=tmp_path, progress=stages.append, checks=[
-        Check("uname -s", "Linux"),
-        Check("cloud-init status --wait >/dev/null; cloud-init status", "status: done"),
-        Check("sudo -n id -u", "0"),
-        Check("findmnt -no SOURCE /", expect_rc=0),
-    ])
+    with _host_listener() as reach_host:
+        result = boot_test(debian_image, "qcow2", workdir=tmp_path, progress=stages.append, checks=[
+            Check("uname -s", "Linux"),
+            Check("cloud-init status --wait >/dev/null; cloud-init status", "status: done"),
+            Check("sudo -n id -u", "0"),
+            Check("findmnt -no SOURCE /", expect_rc=0),
+            reach_host,
+        ])
     assert result.passed, [c.reason for c in result.checks if not c.passed]
+    ds = result.datasource  # the default: a NoCloud seed, and cloud-init says it used it
+    assert ds is not None and ds.datasource in ("NoCloud", "NoCloudNet") and ds.cloud_id == "nocloud"
+    assert ds.hostname == "imgsmith-nocloud" and ds.user_data_ran and ds.instance_key_login == "debian"
     for stage in ("first output", "kernel", "init", "cloud-init final", "marker", "ssh login"):
         assert result.stages[stage] is not None, stage
     assert result.stages["kernel"] <= result.stages["marker"] <= result.stages["ssh login"]  # type: ignore[operator]
@@ -149,19 +174,9 @@ def test_boots_on_the_clouds_own_datasource(debian_image: Path, tmp_path: Path, 
     """cloud-init finds that cloud's datasource (not NoCloud), and its hostname, SSH key and user-data
     take effect; the guest reaches nothing but the emulated service and the SSH forward."""
     dsnames, cloud_id, subplatform = CLOUD_EXPECTATIONS[cloud]
-    with socket.socket() as listener:  # what the guest would reach on the host without restrict=on
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        listener.setblocking(False)
-        port = listener.getsockname()[1]
-        reach_host = ("gw=$(ip route show default | awk '{print $3}'); python3 -c 'import socket, sys; "
-                      f"socket.create_connection((sys.argv[1], {port}), 5)' \"$gw\"")
+    with _host_listener() as reach_host:
         result = boot_test(debian_image, "qcow2", workdir=tmp_path, cloud=cloud, checks=[
-            Check("cloud-init status --wait >/dev/null; cloud-init status", "status: done"),
-            Check(reach_host, expect_rc=1),
-        ])
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # nothing came through
+            Check("cloud-init status --wait >/dev/null; cloud-init status", "status: done"), reach_host])
     ds = result.datasource
     assert ds is not None
     assert ds.datasource in dsnames, ds.datasource_detail

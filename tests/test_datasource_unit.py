@@ -230,3 +230,13 @@ def test_verdict_passes_only_when_everything_took_effect(tmp_path: Path) -> None
         "the guest never asked the metadata service at 169.254.169.254:80",
         "no IMDSv2 token was requested (PUT /latest/api/token)",
     )
+
+
+def test_cli_offers_the_clouds_and_refuses_others(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "imgsmith.cli.main", "test", str(tmp_path / "x.qcow2"),
+                        "--cloud", "gcp"], capture_output=True, text=True, check=False)
+    assert r.returncode == 2
+    assert "argument --cloud: invalid choice: 'gcp'" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "imgsmith.cli.main", "test", "--help"], capture_output=True,
+                       text=True, check=True)
+    assert "--cloud CLOUD" in r.stdout and "nocloud, openstack, tencent, aws, aliyun" in " ".join(r.stdout.split())
