@@ -162,7 +162,7 @@ def test_firstboot_scripts_run_once_in_order_at_first_boot_only(debian_image: Pa
 
 CLOUD_EXPECTATIONS = {
     # cloud: (cloud-init datasource class names, cloud-id, where it came from)
-    "openstack": (("ConfigDrive",), "openstack", "config-disk"),
+    "openstack": (("ConfigDrive",), "configdrive", "config-disk"),
     "aws": (("Ec2Local", "Ec2"), "aws", "metadata (http://169.254.169.254)"),
     "aliyun": (("AliYun",), "aliyun", "metadata (http://100.100.100.200)"),
 }

@@ -69,7 +69,7 @@ class Datasource:
     dsnames: tuple[str, ...]
     """cloud-init's class names (without ``DataSource``) that count as this datasource being used."""
     cloud_id: str
-    """What ``cloud-id`` prints on that cloud."""
+    """What ``cloud-id`` prints on that cloud (cloud-init 22.4 names a config drive's ``configdrive``)."""
     new_instance_id: Callable[[], str]
     prepare: Callable[[seed_mod.SeedConfig, Path], Platform]
     metadata_service: str | None = None
@@ -223,9 +223,9 @@ def _hex_id(prefix: str, length: int) -> Callable[[], str]:
 
 DATASOURCES: Mapping[str, Datasource] = {d.cloud: d for d in (
     Datasource("nocloud", ("NoCloud", "NoCloudNet"), "nocloud", seed_mod.new_instance_id, _nocloud),
-    Datasource("openstack", ("ConfigDrive",), "openstack", lambda: str(uuid.uuid4()),
+    Datasource("openstack", ("ConfigDrive",), "configdrive", lambda: str(uuid.uuid4()),
                _config_drive(_nova_smbios)),
-    Datasource("tencent", ("ConfigDrive",), "openstack", lambda: str(uuid.uuid4()),
+    Datasource("tencent", ("ConfigDrive",), "configdrive", lambda: str(uuid.uuid4()),
                _config_drive(_tencent_smbios)),
     Datasource("aws", ("Ec2Local", "Ec2"), "aws", _hex_id("i-0", 16), _aws,
                metadata_service="169.254.169.254:80"),
