@@ -7,11 +7,14 @@ The image is bootstrapped once per machine into ``$IMGSMITH_CACHE`` (default
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,24 @@ pytestmark = pytest.mark.boot
 CACHE = Path(os.environ.get("IMGSMITH_CACHE") or "/var/tmp/imgsmith-test-cache")
 
 
+@contextlib.contextmanager
+def _host_listener() -> Iterator[Check]:
+    """A listener on the host's 127.0.0.1, and a check that the guest cannot reach it.
+
+    Without ``restrict=on`` the guest's connection to its gateway (qemu's host address)
+    would arrive here; with it, qemu refuses it and nothing arrives.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        yield Check("gw=$(ip route show default | awk '{print $3}'); python3 -c 'import socket, sys; "
+                    f"socket.create_connection((sys.argv[1], {port}), 5)' \"$gw\"", expect_rc=1)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing came through
+
+
 @pytest.fixture(scope="session")
 def debian_image() -> Path:
     if os.geteuid() != 0:
@@ -37,13 +58,18 @@ def debian_image() -> Path:
 def test_bootstrapped_image_boots_and_passes_checks(debian_image: Path, tmp_path: Path) -> None:
     before = debian_image.stat()
     stages: list[str] = []
-    result = boot_test(debian_image, "qcow2", workdir=tmp_path, progress=stages.append, checks=[
-        Check("uname -s", "Linux"),
-        Check("cloud-init status --wait >/dev/null; cloud-init status", "status: done"),
-        Check("sudo -n id -u", "0"),
-        Check("findmnt -no SOURCE /", expect_rc=0),
-    ])
+    with _host_listener() as reach_host:
+        result = boot_test(debian_image, "qcow2", workdir=tmp_path, progress=stages.append, checks=[
+            Check("uname -s", "Linux"),
+            Check("cloud-init status --wait >/dev/null; cloud-init status", "status: done"),
+            Check("sudo -n id -u", "0"),
+            Check("findmnt -no SOURCE /", expect_rc=0),
+            reach_host,
+        ])
     assert result.passed, [c.reason for c in result.checks if not c.passed]
+    ds = result.datasource  # the default: a NoCloud seed, and cloud-init says it used it
+    assert ds is not None and ds.datasource in ("NoCloud", "NoCloudNet") and ds.cloud_id == "nocloud"
+    assert ds.hostname == "imgsmith-nocloud" and ds.user_data_ran and ds.instance_key_login == "debian"
     for stage in ("first output", "kernel", "init", "cloud-init final", "marker", "ssh login"):
         assert result.stages[stage] is not None, stage
     assert result.stages["kernel"] <= result.stages["marker"] <= result.stages["ssh login"]  # type: ignore[operator]
@@ -130,3 +156,42 @@ def test_firstboot_scripts_run_once_in_order_at_first_boot_only(debian_image: Pa
             *checks, Check(settled + "sudo grep -c 'firstboot.sh start' /root/virt-sysprep-firstboot.log", starts),
             Check("ls /usr/lib/virt-sysprep/scripts | wc -l", "0")])
         assert result.passed, (boot, [(c.check.run, c.reason) for c in result.checks if not c.passed])
+
+
+# --- each cloud's own datasource, emulated locally: one boot per datasource, every assertion on it --
+
+CLOUD_EXPECTATIONS = {
+    # cloud: (cloud-init datasource class names, cloud-id, where it came from)
+    "openstack": (("ConfigDrive",), "configdrive", "config-disk"),
+    "aws": (("Ec2Local", "Ec2"), "aws", "metadata (http://169.254.169.254)"),
+    "aliyun": (("AliYun",), "aliyun", "metadata (http://100.100.100.200)"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cloud", list(CLOUD_EXPECTATIONS))
+def test_boots_on_the_clouds_own_datasource(debian_image: Path, tmp_path: Path, cloud: str) -> None:
+    """cloud-init finds that cloud's datasource (not NoCloud), and its hostname, SSH key and user-data
+    take effect; the guest reaches nothing but the emulated service and the SSH forward."""
+    dsnames, cloud_id, subplatform = CLOUD_EXPECTATIONS[cloud]
+    with _host_listener() as reach_host:
+        result = boot_test(debian_image, "qcow2", workdir=tmp_path, cloud=cloud, checks=[
+            Check("cloud-init status --wait >/dev/null; cloud-init status", "status: done"), reach_host])
+    ds = result.datasource
+    assert ds is not None
+    assert ds.datasource in dsnames, ds.datasource_detail
+    assert ds.cloud_id == cloud_id and ds.ds_identify in {n.removesuffix("Local") for n in dsnames}
+    assert ds.instance_data["subplatform"].startswith(subplatform), ds.instance_data
+    assert ds.instance_data["instance_id"] == result.instance_id
+    assert ds.hostname == ds.expected_hostname == f"imgsmith-{cloud}"
+    assert ds.instance_key_login is not None and ds.instance_key_login != "root"  # the metadata's key opens it
+    assert ds.user_data_ran and not ds.cloud_init_errors
+    assert ds.findings == () and result.passed, ([c.reason for c in result.checks if not c.passed], ds.findings)
+    if cloud == "aws":
+        assert ds.metadata_requests is not None and ds.metadata_requests["token_puts"] >= 1
+        assert ds.metadata_requests["answered_without_token"] == 0
+        assert ds.dmi["product_uuid"].startswith("ec2") and ds.dmi["sys_vendor"] == "Amazon EC2"
+    if cloud == "aliyun":
+        assert ds.dmi["product_name"] == "Alibaba Cloud ECS"
+    assert result.to_dict()["datasource"]["passed"] is True
+    assert list(tmp_path.iterdir()) == []

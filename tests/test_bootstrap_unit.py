@@ -53,11 +53,14 @@ def test_seed_iso_reads_back_with_label_names_and_key(tmp_path: Path) -> None:
 
     assert user.startswith("#cloud-config\n")
     doc = yaml.safe_load(user)
-    (account,) = doc["users"]
+    default, account = doc["users"]
+    assert default == "default"  # the image's default user gets the datasource's keys
     assert account["name"] == "imgsmith"
     assert account["ssh_authorized_keys"] == [key.public]
     assert account["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
     assert doc["final_message"].startswith("IMGSMITH-BOOT-OK imgsmith-0123456789ab ")
+    assert doc["runcmd"] == [["sh", "-c", "mkdir -p /var/lib/imgsmith-boot && "
+                                          "echo imgsmith-0123456789ab > /var/lib/imgsmith-boot/user-data"]]
     assert yaml.safe_load(meta) == {"instance-id": "imgsmith-0123456789ab", "local-hostname": "imgsmith-boot-test"}
     raw = path.read_bytes()
     assert b"PRIVATE KEY" not in raw and b"openssh-key-v1" not in raw
@@ -198,6 +201,8 @@ def test_qemu_argv_is_local_virtio_and_uses_the_accelerator(tmp_path: Path) -> N
     assert argv[argv.index("-machine") + 1] == "q35,accel=tcg"
     assert argv[argv.index("-cpu") + 1] == "Nehalem"  # x86-64-v2, no AVX
     assert "hostfwd=tcp:127.0.0.1:40022-:22" in joined
+    netdev = argv[argv.index("-netdev") + 1]
+    assert netdev.startswith("user,id=net0,restrict=on,"), netdev  # no packet leaves the machine
     drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
     assert len(drives) == 2 and all("if=virtio" in d for d in drives)
     assert "o,,verlay.qcow2" in drives[0] and "format=qcow2" in drives[0]

@@ -69,7 +69,8 @@ _FATAL: tuple[tuple[re.Pattern[str], str], ...] = (
      "the initramfs could not find the root filesystem"),
     (re.compile(r"You are in emergency mode|Give root password for maintenance|Entering emergency mode"),
      "systemd entered emergency mode"),
-    (re.compile(r"Datasource DataSourceNone"), "cloud-init found no datasource (the NoCloud seed was not seen)"),
+    (re.compile(r"Datasource DataSourceNone"),
+     "cloud-init found no datasource (the test's seed, config drive or metadata service was not seen)"),
 )
 
 _KEYS_BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"

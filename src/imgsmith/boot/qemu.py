@@ -6,6 +6,13 @@ as linux-image-cloud-amd64 carry no AHCI driver, so an IDE/SATA ``-cdrom`` seed
 would go unseen. SSH is forwarded from 127.0.0.1 only: a throw-away guest with a
 known test key must not be reachable from the network. QMP on a unix socket is
 the way to ask for an ACPI power-off when SSH is not available.
+
+The user network always runs with ``restrict=on``: the guest can open no
+connection to the host or beyond, so no packet of a boot test leaves the machine.
+What it can reach is what the test forwards: ``hostfwd`` (SSH in, from 127.0.0.1)
+and ``guestfwd`` (a metadata address such as 169.254.169.254:80, answered inside
+qemu by a process it spawns per connection; qemu only accepts a ``guestfwd``
+address inside the user network, hence :class:`UserNetwork`'s ``net``).
 """
 
 from __future__ import annotations
@@ -23,12 +30,34 @@ from typing import Any
 
 from .. import proc
 
-__all__ = ["QemuConfig", "QemuProcess", "free_port", "qemu_argv", "qmp_command"]
+__all__ = ["GUEST_MAC", "GuestForward", "QemuConfig", "QemuProcess", "UserNetwork", "free_port", "netdev_arg",
+           "qemu_argv", "qmp_command"]
 
 log = logging.getLogger("imgsmith.boot")
 
 QEMU = "qemu-system-x86_64"
 TCG_CPU = "Nehalem"
+GUEST_MAC = "52:54:00:12:34:56"
+"""The NIC's MAC, fixed because datasources describe the NIC by it (network_data.json, EC2's ``macs/``)."""
+
+
+@dataclass(frozen=True)
+class GuestForward:
+    """Guest connections to ``address:port`` run ``command`` (its stdin/stdout are the connection)."""
+
+    address: str
+    port: int
+    command: str
+
+
+@dataclass(frozen=True)
+class UserNetwork:
+    """qemu's user network; ``net=None`` is qemu's default 10.0.2.0/24 (host .2, DHCP from .15)."""
+
+    net: str | None = None
+    host: str | None = None
+    dhcpstart: str | None = None
+    guestfwd: tuple[GuestForward, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -36,7 +65,8 @@ class QemuConfig:
     """One boot-test machine. ``accel`` is ``kvm`` or ``tcg`` (from :func:`imgsmith.host.accel.detect`)."""
 
     disk: Path
-    seed: Path
+    seed: Path | None
+    """The NoCloud seed or config drive (a virtio disk); None when the datasource is a metadata service."""
     accel: str
     ssh_port: int
     serial_log: Path
@@ -45,11 +75,25 @@ class QemuConfig:
     memory_mib: int = 2048
     cpus: int = 2
     binary: str = QEMU
+    network: UserNetwork = UserNetwork()
+    smbios: tuple[str, ...] = ()
+    """``-smbios`` values (``type=1,manufacturer=...``): what the guest's DMI says the platform is."""
 
 
 def _opt(value: str | os.PathLike[str]) -> str:
     """qemu option values escape a literal comma by doubling it."""
     return os.fspath(value).replace(",", ",,")
+
+
+def netdev_arg(cfg: QemuConfig) -> str:
+    """``-netdev user,...``: always ``restrict=on``; SSH from 127.0.0.1; the datasource's forwards."""
+    net = cfg.network
+    parts = ["user", "id=net0", "restrict=on"]
+    parts += [f"{name}={value}" for name, value in (("net", net.net), ("host", net.host),
+                                                    ("dhcpstart", net.dhcpstart)) if value]
+    parts.append(f"hostfwd=tcp:127.0.0.1:{cfg.ssh_port}-:22")
+    parts += [f"guestfwd=tcp:{g.address}:{g.port}-cmd:{_opt(g.command)}" for g in net.guestfwd]
+    return ",".join(parts)
 
 
 def qemu_argv(cfg: QemuConfig) -> list[str]:
@@ -75,10 +119,11 @@ def qemu_argv(cfg: QemuConfig) -> list[str]:
         "-chardev", f"socket,id=qmp,path={_opt(cfg.qmp_socket)},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
         "-drive", f"file={_opt(cfg.disk)},format={cfg.disk_format},if=virtio,cache=unsafe,discard=unmap",
-        "-drive", f"file={_opt(cfg.seed)},format=raw,if=virtio,readonly=on",
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{cfg.ssh_port}-:22",
-        "-device", "virtio-net-pci,netdev=net0",
+        *(["-drive", f"file={_opt(cfg.seed)},format=raw,if=virtio,readonly=on"] if cfg.seed else []),
+        "-netdev", netdev_arg(cfg),
+        "-device", f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
         "-device", "virtio-rng-pci",
+        *(arg for value in cfg.smbios for arg in ("-smbios", value)),
     ]
 
 

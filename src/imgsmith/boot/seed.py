@@ -20,11 +20,14 @@ from pathlib import Path
 import pycdlib
 import yaml
 
-__all__ = ["MARKER", "TEST_USER", "SeedConfig", "meta_data", "new_instance_id", "user_data", "write_seed"]
+__all__ = ["MARKER", "TEST_USER", "USER_DATA_PROOF", "SeedConfig", "meta_data", "new_instance_id", "user_data",
+           "write_seed"]
 
 MARKER = "IMGSMITH-BOOT-OK"
 TEST_USER = "imgsmith"
 VOLUME_ID = "cidata"
+USER_DATA_PROOF = "/var/lib/imgsmith-boot/user-data"
+"""The file user-data's ``runcmd`` writes the instance-id into: proof the user-data was run."""
 
 
 def new_instance_id() -> str:
@@ -34,12 +37,19 @@ def new_instance_id() -> str:
 
 @dataclass(frozen=True)
 class SeedConfig:
-    """What the seed says: who the instance is, which key may log in, what marks success."""
+    """What the seed says: who the instance is, which key may log in, what marks success.
+
+    ``public_key`` goes to the test user through user-data; ``instance_key`` (when
+    given) is the instance's own key from the datasource's metadata, which
+    cloud-init gives to the image's default user: logging in with it proves the
+    metadata's keys took effect.
+    """
 
     instance_id: str
     public_key: str
     hostname: str = "imgsmith-boot-test"
     user: str = TEST_USER
+    instance_key: str | None = None
 
     @property
     def marker(self) -> str:
@@ -48,14 +58,17 @@ class SeedConfig:
 
 
 def user_data(cfg: SeedConfig) -> str:
-    """``#cloud-config`` creating the test user (key-only, passwordless sudo) and the final marker.
+    """``#cloud-config`` creating the test user (key-only, passwordless sudo), the proof file and the marker.
 
+    ``default`` keeps the image's default user (``debian``, ``ubuntu``, ...): cloud-init gives it
+    the datasource's public keys, and logging in with the instance key as that user is the
+    proof that the metadata's keys took effect.
     ``final_message`` is printed to the console by cloud-init's last module, after
     runcmd and the SSH keys are in place: seeing it means the boot is complete.
     ``$UPTIME`` is expanded by cloud-init and shows the guest's own view of boot time.
     """
     doc = {
-        "users": [{
+        "users": ["default", {
             "name": cfg.user,
             "gecos": "imgsmith boot test",
             "shell": "/bin/bash",
@@ -65,13 +78,18 @@ def user_data(cfg: SeedConfig) -> str:
         }],
         "ssh_pwauth": False,
         "manage_etc_hosts": True,
+        "runcmd": [["sh", "-c", f"mkdir -p {USER_DATA_PROOF.rsplit('/', 1)[0]} && "
+                                f"echo {cfg.instance_id} > {USER_DATA_PROOF}"]],
         "final_message": f"{cfg.marker} up $UPTIME s",
     }
     return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=4096)
 
 
 def meta_data(cfg: SeedConfig) -> str:
-    return yaml.safe_dump({"instance-id": cfg.instance_id, "local-hostname": cfg.hostname}, sort_keys=False)
+    doc: dict[str, object] = {"instance-id": cfg.instance_id, "local-hostname": cfg.hostname}
+    if cfg.instance_key:
+        doc["public-keys"] = [cfg.instance_key]
+    return yaml.safe_dump(doc, sort_keys=False, width=4096)
 
 
 def _add(iso: pycdlib.PyCdlib, name: str, data: bytes, iso_name: str) -> None:

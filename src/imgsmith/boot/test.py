@@ -3,13 +3,18 @@
 The image itself is never modified: the guest runs on a throw-away qcow2 overlay.
 The steps, in order:
 
-1. overlay + NoCloud seed (fresh instance-id, throw-away ed25519 key) in a temp dir;
+1. overlay + the datasource's drive or metadata service (:mod:`.datasource`:
+   NoCloud by default, or a cloud's own emulated locally; fresh instance-id,
+   throw-away ed25519 keys) in a temp dir;
 2. qemu under the accelerator that works here (KVM when the probe booted a guest,
-   else TCG), serial console to a file watched by :mod:`.console`;
+   else TCG), user network with ``restrict=on``, serial console to a file
+   watched by :mod:`.console`;
 3. wait for each boot stage against deadlines scaled to the accelerator; a fatal
    console line or an early qemu exit ends the wait at once;
-4. on the seed's marker, SSH in (host key checked against the console), run the
-   checks, power off through the guest, else ACPI over QMP, else kill;
+4. on the user-data's marker, SSH in (host key checked against the console), run
+   the checks, ask cloud-init which datasource it used and prove that its
+   hostname, SSH key and user-data took effect (:mod:`.verdict`), power off
+   through the guest, else ACPI over QMP, else kill;
 5. remove the overlay and seed, whatever happened.
 
 A boot that does not get through raises :class:`BootTestError` naming the stage
@@ -20,6 +25,7 @@ and carrying the console's last lines; a boot that does returns a
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -36,8 +42,10 @@ from ..host import accel as accel_mod
 from ..host.accel import Accelerator
 from . import seed as seed_mod
 from .console import BOOT_STAGES, ConsoleParser, ConsoleState, ConsoleWatcher, Stage
-from .qemu import QemuConfig, QemuProcess, free_port, running_qemu
+from .datasource import Datasource, Platform, datasource_for
+from .qemu import QemuConfig, QemuProcess, UserNetwork, free_port, running_qemu
 from .ssh import CommandResult, SshSession, ThrowawayKey, connect
+from .verdict import DatasourceVerdict, judge, login_user, probe_command, request_summary
 
 __all__ = [
     "BootResult",
@@ -169,14 +177,19 @@ class BootResult:
     shutdown_seconds: float | None = None
     total_seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    cloud: str = "nocloud"
+    datasource: DatasourceVerdict | None = None
+    """Which datasource cloud-init used, and whether its hostname, SSH key and user-data took effect."""
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return all(c.passed for c in self.checks) and (self.datasource is None or self.datasource.passed)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["passed"] = self.passed
+        if self.datasource is not None:
+            data["datasource"]["passed"] = self.datasource.passed
         return data
 
 
@@ -185,14 +198,16 @@ def choose_accelerator(detect: Callable[[], Accelerator] = accel_mod.detect) -> 
     return detect()
 
 
-def machine_config(overlay: Path, seed: Path, tmp: Path, accelerator: Accelerator, port: int, *,
-                   memory_mib: int = 2048, cpus: int = 2) -> QemuConfig:
+def machine_config(overlay: Path, seed: Path | None, tmp: Path, accelerator: Accelerator, port: int, *,
+                   memory_mib: int = 2048, cpus: int = 2, network: UserNetwork = UserNetwork(),
+                   smbios: tuple[str, ...] = ()) -> QemuConfig:
     """The qemu machine for one boot test, with its serial log and QMP socket in *tmp*."""
     qmp = tmp / "qmp.sock"
     if len(os.fspath(qmp)) > 100:  # unix socket paths are limited to 108 bytes
         qmp = Path(tempfile.mkdtemp(prefix="imgsmith-qmp-")) / "qmp.sock"
     return QemuConfig(disk=overlay, seed=seed, accel=accelerator.qemu_accel, ssh_port=port,
-                      serial_log=tmp / "console.log", qmp_socket=qmp, memory_mib=memory_mib, cpus=cpus)
+                      serial_log=tmp / "console.log", qmp_socket=qmp, memory_mib=memory_mib, cpus=cpus,
+                      network=network, smbios=smbios)
 
 
 def _stage_times(state: ConsoleState, ssh_at: float | None = None) -> dict[str, float | None]:
@@ -223,6 +238,9 @@ class _Boot:
     timeouts: Timeouts
     accelerator: Accelerator
     say: Progress
+    datasource: Datasource
+    platform: Platform
+    instance_key: ThrowawayKey
 
     def fail(self, stage: Stage, reason: str, ssh_at: float | None = None) -> BootTestError:
         state = self.watcher.snapshot()
@@ -301,6 +319,40 @@ def _start_qemu(stack: contextlib.ExitStack, make: Callable[[int], QemuConfig], 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _key_login(b: _Boot, user: str | None, host_keys: frozenset[str]) -> str | None:
+    """Log in as *user* with the datasource's instance key; the user on success, None otherwise."""
+    if user is None:
+        return None
+    try:
+        session = connect(b.qemu.cfg.ssh_port, b.instance_key, user=user, host_keys=host_keys,
+                          deadline=time.monotonic() + b.timeouts.ssh / 2)
+    except GuestError as exc:
+        b.say(f"login with the datasource's key as {user} failed: {exc.message}")
+        return None
+    try:
+        res = session.run("id -un", b.timeouts.check)
+    finally:
+        session.close()
+    return user if res.returncode == 0 and res.stdout.strip() == user else None
+
+
+def _datasource_verdict(b: _Boot, session: SshSession, host_keys: frozenset[str]) -> DatasourceVerdict:
+    """Ask cloud-init in the guest what it used (:mod:`.verdict`), then log in with the instance key."""
+    res = session.run(probe_command(b.instance_key.public), b.timeouts.check)
+    try:
+        report: dict[str, Any] = json.loads(res.stdout) if res.returncode == 0 else {}
+    except ValueError:
+        report = {}
+    if not report:
+        b.say(f"the datasource probe failed: exit {res.returncode}: {res.stderr.strip()[-200:]}")
+    user = login_user(report)
+    verdict = judge(b.datasource, b.seed, report, key_login=_key_login(b, user, host_keys),
+                    requests=request_summary(b.platform.request_log))
+    b.say(f"datasource: {verdict.datasource_detail} (cloud-id {verdict.cloud_id}): "
+          + ("as expected" if verdict.passed else "; ".join(verdict.findings)))
+    return verdict
+
+
 def _run(b: _Boot, image: Path, fmt: str, checks: Sequence[Check]) -> BootResult:
     """Steps 3-4: wait for the marker, log in, check, power off."""
     state = _wait_for_marker(b)
@@ -314,6 +366,7 @@ def _run(b: _Boot, image: Path, fmt: str, checks: Sequence[Check]) -> BootResult
     b.say(f"ssh login: {ssh_at:.1f} s")
     try:
         results = _run_checks(session, checks, b.timeouts.check, b.say)
+        verdict = _datasource_verdict(b, session, state.host_keys)
         b.say("powering off")
         clean, took = _shutdown(b, session)
     finally:
@@ -325,21 +378,27 @@ def _run(b: _Boot, image: Path, fmt: str, checks: Sequence[Check]) -> BootResult
         accelerator_reason=b.accelerator.reason, instance_id=b.seed.instance_id,
         stages=_stage_times(final, ssh_at), checks=tuple(results), host_key_verified=session.host_key_verified,
         clean_shutdown=clean, shutdown_seconds=round(took, 1),
-        total_seconds=round(time.monotonic() - b.qemu.started, 1), notes=notes)
+        total_seconds=round(time.monotonic() - b.qemu.started, 1), notes=notes, cloud=b.datasource.cloud,
+        datasource=verdict)
 
 
 def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = (),
               accelerator: Accelerator | None = None, timeout_scale: float = 1.0,
               timeouts: Timeouts | None = None, workdir: Path | None = None,
               memory_mib: int = 2048, cpus: int = 2, progress: Progress | None = None,
-              console_copy: Path | None = None, in_place: bool = False) -> BootResult:
+              console_copy: Path | None = None, in_place: bool = False, cloud: str | None = None) -> BootResult:
     """Boot *image* on a throw-away overlay and test it (see the module docstring for the steps).
+
+    *cloud* picks the datasource the guest finds (:data:`.datasource.DATASOURCES`: ``openstack``,
+    ``tencent``, ``aws``, ``aliyun``; None is NoCloud), emulated locally; the result's
+    ``datasource`` says which one cloud-init used and whether its data took effect.
 
     ``in_place=True`` boots a qcow2 *image* itself, so what the guest writes stays in it: a
     second boot of the same file is a real second boot (first-boot scripts, per-boot state).
     Give it an overlay of your own, never an image you want to keep as it is.
     """
     say: Progress = progress or (lambda _msg: None)
+    source = datasource_for(cloud)
     image = Path(image).resolve()
     fmt = qemuimg.open_image(image, fmt).format
     if in_place and fmt != "qcow2":
@@ -352,16 +411,17 @@ def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = 
         overlay = image if in_place else tmp / "overlay.qcow2"
         if not in_place:
             qemuimg.create_overlay(image, fmt, overlay)
-        key = ThrowawayKey.generate()
-        cfg = seed_mod.SeedConfig(instance_id=seed_mod.new_instance_id(), public_key=key.public)
-        seed_iso = seed_mod.write_seed(tmp / "seed.iso", cfg)
+        key, instance_key = ThrowawayKey.generate(), ThrowawayKey.generate()
+        cfg = source.seed_config(key.public, instance_key.public)
+        platform = source.prepare(cfg, tmp)
+        say(f"datasource: {source.cloud} ({', '.join(source.dsnames)}), instance {cfg.instance_id}")
         with contextlib.ExitStack() as stack:
-            qemu = _start_qemu(stack, lambda port: machine_config(overlay, seed_iso, tmp, verdict, port,
-                                                                  memory_mib=memory_mib, cpus=cpus),
-                               tmp / "qemu.log")
+            qemu = _start_qemu(stack, lambda port: machine_config(
+                overlay, platform.drive, tmp, verdict, port, memory_mib=memory_mib, cpus=cpus,
+                network=platform.network, smbios=platform.smbios), tmp / "qemu.log")
             watcher = ConsoleWatcher(tmp / "console.log", ConsoleParser(cfg.marker), started=qemu.started)
             watcher.start()
-            boot = _Boot(qemu, watcher, cfg, key, limits, verdict, say)
+            boot = _Boot(qemu, watcher, cfg, key, limits, verdict, say, source, platform, instance_key)
             try:
                 return _run(boot, image, fmt, checks)
             finally:

@@ -17,21 +17,33 @@ if TYPE_CHECKING:  # the boot modules pull in paramiko and pycdlib: imported whe
 
 __all__ = ["register", "run"]
 
+_CLOUDS = ("nocloud", "openstack", "tencent", "aws", "aliyun")
+"""The keys of :data:`imgsmith.boot.datasource.DATASOURCES` (a test keeps them equal; not imported
+here so that ``imgsmith --help`` does not load the boot modules)."""
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "test", help="boot an image under qemu and check it over SSH (the image is not modified)",
-        description="Boot IMAGE on a throw-away overlay with a cloud-init NoCloud seed, watch the serial "
-                    "console through the boot stages, log in over SSH with a throw-away key, run the "
-                    "checks, and power off. Exit status 0 when the boot and every check passed, 1 otherwise.",
-        epilog="Checks run as the test user 'imgsmith' (passwordless sudo). Example:\n"
-               "  imgsmith test disk.qcow2 --check 'timedatectl show -p Timezone --value=Asia/Shanghai'",
+        description="Boot IMAGE on a throw-away overlay with a cloud-init NoCloud seed (or, with --cloud, that "
+                    "cloud's own datasource emulated locally), watch the serial console through the boot "
+                    "stages, log in over SSH with a throw-away key, run the checks, and power off. The guest's "
+                    "network reaches nothing but the forwarded SSH port and the emulated metadata service. "
+                    "Exit status 0 when the boot and every check passed, 1 otherwise.",
+        epilog="Checks run as the test user 'imgsmith' (passwordless sudo). Examples:\n"
+               "  imgsmith test disk.qcow2 --check 'timedatectl show -p Timezone --value=Asia/Shanghai'\n"
+               "  imgsmith test disk.qcow2 --cloud aws    # cloud-init must use Ec2 (IMDSv2) and apply it",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", type=Path, metavar="IMAGE", help="disk image to boot")
     p.add_argument("--format", dest="fmt", metavar="F", help="image format (default: probed; give it for raw)")
     p.add_argument("--check", action="append", default=[], metavar="'CMD=EXPECTED'",
                    help="run CMD in the guest; pass when it exits 0 and its stripped stdout equals EXPECTED "
                         "(split at the last '='; without '=' only the exit status counts); repeatable")
+    p.add_argument("--cloud", metavar="CLOUD", choices=_CLOUDS,
+                   help=f"boot on this cloud's datasource, emulated locally: {', '.join(_CLOUDS)} "
+                        "(config drive for openstack/tencent, metadata service for aws/aliyun); the verdict "
+                        "says which datasource cloud-init used and whether its hostname, SSH key and "
+                        "user-data took effect (default: a NoCloud seed)")
     p.add_argument("--timeout-scale", type=float, default=1.0, metavar="X",
                    help="multiply every stage deadline by X (slow or loaded hosts)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
@@ -92,6 +104,19 @@ def _render(result: BootResult) -> None:
         print(f"{'PASS' if c.passed else 'FAIL'}  {c.check.run}" + ("" if c.passed else f"  -- {c.reason}"))
         if not c.passed and c.stderr.strip():
             print("      stderr: " + c.stderr.strip().splitlines()[-1][:200])
+    ds = result.datasource
+    if ds is not None:
+        print(f"datasource   {ds.datasource_detail or '-'} (cloud-id {ds.cloud_id or '-'}; "
+              f"expected {' or '.join(ds.expected_datasource)}, cloud-id {ds.expected_cloud_id})")
+        print(f"{'PASS' if ds.hostname == ds.expected_hostname else 'FAIL'}  hostname {ds.hostname}")
+        print(f"{'PASS' if ds.instance_key_login else 'FAIL'}  SSH login with the datasource's key"
+              + (f" as {ds.instance_key_login}" if ds.instance_key_login else ""))
+        print(f"{'PASS' if ds.user_data_ran else 'FAIL'}  user-data ran")
+        if ds.metadata_requests is not None:
+            print(f"      metadata service: {ds.metadata_requests['requests']} requests, "
+                  f"{ds.metadata_requests['token_puts']} token PUTs")
+        for finding in ds.findings:
+            print(f"FAIL  {finding}")
     for note in result.notes:
         print(f"note: {note}")
     print("boot test passed" if result.passed else "boot test FAILED")
@@ -120,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                       if args.timeout is not None else None)
             result = boot_test(args.image, args.fmt, checks=checks, accelerator=verdict,
                                timeout_scale=args.timeout_scale, timeouts=limits, memory_mib=args.memory,
-                               progress=status, console_copy=args.console_log)
+                               progress=status, console_copy=args.console_log, cloud=args.cloud)
     except BootTestError as exc:
         if args.json:
             print(json.dumps({"passed": False, "stage": exc.stage.value, "reason": exc.reason,
