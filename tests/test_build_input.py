@@ -319,3 +319,17 @@ def test_permission_denied_is_one_line_and_touches_nothing(chroot_project: tuple
         assert (locked / "t.qcow2").read_bytes() == b"an existing output\n"
     finally:
         locked.chmod(0o755)
+
+
+def test_the_boot_tests_datasource_is_checked_at_load(tmp_path: Path) -> None:
+    from imgsmith.definition import load_definition
+    (tmp_path / "base.img").write_bytes(b"\0" * 65536)
+    (tmp_path / "t.yaml").write_text("version: 1\nname: t\nsource: {file: base.img}\ntest: {cloud: AWS}\n")
+    test = load_definition(tmp_path / "t.yaml").definition.test
+    assert test is not None and test.cloud == "aws"
+    (tmp_path / "t.yaml").write_text("version: 1\nname: t\nsource: {file: base.img}\ntest: {cloud: gcp}\n")
+    r = run("build", "t.yaml", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 2
+    assert errors(r) == ["t.yaml:4:15: test.cloud: no gcp datasource emulation: cloud-init's reads a metadata "
+                         "service by DNS name (GCE) or a Wire Server protocol (Azure) the boot test does not "
+                         "emulate (available: nocloud, openstack, tencent, aws, aliyun)"]

@@ -484,7 +484,8 @@ def _boot_test(loaded: LoadedDefinition, results: list[ConvertResult], final: tu
     # One meaning of a timeout: the same as `imgsmith test --timeout` (the guest must finish booting within it).
     limits = Timeouts.for_total(accel.detect().name, section.timeout) if section and section.timeout else None
     with _stage(emit, StageStarted(StageKind.BOOT, image.name), timings, "boot_test"):
-        outcome = boot_test(image, fmt, checks=checks, progress=lambda m: emit(Message(m)), timeouts=limits)
+        outcome = boot_test(image, fmt, checks=checks, progress=lambda m: emit(Message(m)), timeouts=limits,
+                            cloud=section.cloud if section else None)
     data: dict[str, Any] = outcome.to_dict()
     if not outcome.passed and (section is None or section.required):
         failed = [c for c in data.get("checks", []) if not c.get("passed")]

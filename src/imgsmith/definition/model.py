@@ -103,6 +103,20 @@ class TestSection(_Strict):
                                 "`imgsmith test --timeout`; default: from the accelerator (KVM or TCG)")
     required: bool = Field(True, description="fail the build when the boot test fails")
     checks: list[CheckModel] = Field(default_factory=list)
+    cloud: str | None = Field(None, description="boot on that cloud's own datasource, emulated locally "
+                              "(openstack, tencent: config drive; aws: IMDSv2; aliyun: metadata service), "
+                              "as `imgsmith test --cloud`; default: a NoCloud seed")
+
+    @field_validator("cloud")
+    @classmethod
+    def _cloud(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from ..boot.datasource import datasource_for
+        try:
+            return datasource_for(value).cloud
+        except UsageError as exc:
+            raise ValueError(f"{exc.message} ({exc.hint})" if exc.hint else exc.message) from None
 
 
 class PublishEntry(_Strict):
