@@ -14,7 +14,7 @@ demo: setup
 	@scripts/demo.sh
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadgroup -p no:cacheprovider tests
+	$(PY) -m pytest -n 2 --dist loadgroup -p no:cacheprovider --durations=30 tests
 
 unit: setup
 	$(PY) -m pytest -m "not guest and not boot and not differential" tests
