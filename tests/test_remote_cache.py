@@ -267,11 +267,12 @@ def test_host_b_builds_from_host_a_s_pushes_with_no_session(farm: tuple[Host, Ho
 @pytest.mark.guest
 @ROOT_ONLY
 def test_a_poisoned_blob_and_a_foreign_signature_are_refused(farm: tuple[Host, Host, str, str],
-                                                            tmp_path: Path) -> None:
+                                                            tmp_path: Path, request: pytest.FixtureRequest) -> None:
     from imgsmith.cache.backends import open_backend
     from imgsmith.cache.config import parse_remote_url
     from imgsmith.cache.signing import Signer
-    a, b, url, _ = farm
+    a, b, url, kind = farm
+    storage = request.getfixturevalue("registry")[1] if kind == "oci" else None
     cold, _ = a.build("out")
     keys = [str(x["key"]) for x in cold["layers"]]
     os.environ.update(S3_ENV)
@@ -280,7 +281,7 @@ def test_a_poisoned_blob_and_a_foreign_signature_are_refused(farm: tuple[Host, H
     entry3 = json.loads(backend.get_entry(keys[2]) or b"{}")
     evil = tmp_path / "evil.qcow2"
     evil.write_bytes(os.urandom(65536))
-    _replace_blob(backend, entry3["blob"], evil)
+    _replace_blob(backend, entry3["blob"], evil, storage)
     # layer 2's entry re-signed by a key host B does not trust
     entry2 = json.loads(backend.get_entry(keys[1]) or b"{}")
     other, _ = _keys(tmp_path, "intruder")
@@ -312,15 +313,15 @@ def _pubs(tmp: Path) -> list[Path]:
     return sorted((tmp / "keys").glob("*.pub"))
 
 
-def _replace_blob(backend: object, digest: str, data: Path) -> None:
+def _replace_blob(backend: object, digest: str, data: Path, storage: Path | None) -> None:
     """Overwrite a stored blob's bytes behind the server's back (the poisoning of a shared store)."""
     from imgsmith.cache.backends import OciBackend, S3Backend
     if isinstance(backend, S3Backend):
         backend.client.upload_file(str(data), backend.bucket, backend._blob(digest))
         return
     assert isinstance(backend, OciBackend)
-    storage = next(p for p in Path("/tmp").glob("pytest-of-*/pytest-*/registry*/data") if p.is_dir()
-                   and (p / "docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:] / "data").exists())
+    assert storage is not None  # the registry fixture's storage directory (under xdist, a worker's basetemp)
+    assert (storage / "docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:] / "data").is_file()
     shutil.copyfile(data, storage / "docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:] / "data")
 
 
