@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import imgsmith.clouds.ready  # noqa: F401 -- registers `cloud-ready`, as every user of the registry does
 from imgsmith.ops import CUSTOMIZE_OPERATIONS as CUSTOMIZE
 from imgsmith.sysprep import SYSPREP_OPERATIONS as SYSPREP
 

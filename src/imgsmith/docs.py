@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from .clouds import ready as _cloud_ready  # noqa: F401 -- registers `cloud-ready` in the registry
 from .ops import CUSTOMIZE_OPERATIONS
 from .ops.base import CustomizePhase
 

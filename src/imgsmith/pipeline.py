@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .buildplan import BaseKey, BuildOptions, BuildPlan, PlannedLayer, plan_base, plan_build
@@ -40,7 +40,9 @@ from .ops.base import ApplyContext, Settings
 from .paths import cache_root
 from .rebuild import patch_updates
 from .runner import apply_operations
-from .sharing import Sharing, reuse_local
+
+if TYPE_CHECKING:
+    from .sharing import Sharing
 
 __all__ = ["BuildOptions", "BuildPlan", "BuildResult", "GuestFacts", "LayerOutcome", "build", "plan"]
 
@@ -165,6 +167,7 @@ def _sharing(options: BuildOptions, store: LayerStore, cache: Path) -> Sharing |
     if options.remote is None:
         return None
     from .cache.remote import RemoteCache
+    from .sharing import Sharing
     return Sharing(store, RemoteCache(options.remote), cache)
 
 
@@ -240,6 +243,20 @@ def _build_layer(plan: BuildPlan, layer: PlannedLayer, parent: tuple[Path, str],
                         found.get("os"))
 
 
+def _reuse_local(store: LayerStore, layer: PlannedLayer, emit: Sink) -> Path | None:
+    """The cached layer if its bytes are the published ones; a damaged one is evicted (one Warn)."""
+    found = store.get(layer.key)
+    if found is None:
+        return None
+    problem = store.verify(layer.key)
+    if problem is None:
+        return found
+    removed = store.evict(layer.key)
+    more = f" and {len(removed) - 1} layer(s) built on it" if len(removed) > 1 else ""
+    emit(Warn(f"layer {layer.index} {layer.name}: {problem}; evicted it{more}, rebuilding"))
+    return None
+
+
 def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, timings: dict[str, float],
             no_cache: bool, sharing: Sharing | None = None) -> list[LayerOutcome]:
     """Every layer in order: reuse the cached ones (bytes checked), pull what the remote has, build the others."""
@@ -248,7 +265,7 @@ def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, ti
     outcomes: list[LayerOutcome] = []
     count = len(plan.layers)
     for layer in plan.layers:
-        existing, detail = None if no_cache else reuse_local(store, layer, emit), "cached"
+        existing, detail = None if no_cache else _reuse_local(store, layer, emit), "cached"
         if existing is None and sharing is not None and layer.source == "remote":
             existing, detail = sharing.pull(layer, parent, emit), f"pulled from {sharing.remote.name}"
         if existing is not None:

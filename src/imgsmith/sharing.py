@@ -1,10 +1,9 @@
 """Layers between this host and the rest of a farm: check before use, pull on a miss, push after.
 
-The pipeline asks three things, each a small function of this module:
+The pipeline checks a local layer's bytes itself (``pipeline._reuse_local``); of this module it
+asks two things, and imports it only when a remote cache is configured (the remote's crypto and
+HTTP clients cost a start that needs neither):
 
-- :func:`reuse_local` — the cached layer, after checking its bytes against the sha256
-  recorded when it was published. A damaged layer (disk fault, a stray write) is
-  evicted with every layer built on it, said in one line, and rebuilt.
 - :meth:`Sharing.pull` — on a local miss, the remote entry for the key (signature
   checked), its blob (sha256 checked), rebased onto the local parent and published
   locally. Any refusal is one line and the layer is built instead.
@@ -28,21 +27,7 @@ from .cache.store import LayerStore
 from .events import Message, Sink, Warn
 from .host.files import atomic_write, sha256_file
 
-__all__ = ["Sharing", "carries_secret", "reuse_local", "trusted_digest"]
-
-
-def reuse_local(store: LayerStore, layer: PlannedLayer, emit: Sink) -> Path | None:
-    """The cached layer if its bytes are the published ones; a damaged one is evicted (one Warn)."""
-    found = store.get(layer.key)
-    if found is None:
-        return None
-    problem = store.verify(layer.key)
-    if problem is None:
-        return found
-    removed = store.evict(layer.key)
-    more = f" and {len(removed) - 1} layer(s) built on it" if len(removed) > 1 else ""
-    emit(Warn(f"layer {layer.index} {layer.name}: {problem}; evicted it{more}, rebuilding"))
-    return None
+__all__ = ["Sharing", "carries_secret", "trusted_digest"]
 
 
 def carries_secret(token: object) -> bool:

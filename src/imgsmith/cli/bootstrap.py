@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .. import proc
 from ..errors import UsageError
 from ..host.files import fsync_dir, fsync_file
+from .commands import SUMMARIES
 
 if TYPE_CHECKING:  # pydantic and the source modules are imported when the command runs
     from ..source.bootstrap import BootstrapSpec
@@ -21,7 +22,7 @@ __all__ = ["register", "run"]
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "bootstrap", help="build a bootable cloud image from packages (Debian/Ubuntu, cached)",
+        "bootstrap", help=SUMMARIES["bootstrap"],
         description="Build a bootable qcow2 cloud image with mmdebstrap: kernel, GRUB with a serial "
                     "console, cloud-init (NoCloud and the usual datasources) and openssh. The result is "
                     "cached by its inputs and the mirror's snapshot date; a second run is instant. "

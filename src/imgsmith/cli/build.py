@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..guest.backend import BACKENDS
+from .commands import SUMMARIES
 from .render import Progress, print_json, use_live
 
 if TYPE_CHECKING:  # the pipeline pulls in pydantic and the guest modules: imported when building
@@ -56,7 +57,7 @@ def remote_settings(args: argparse.Namespace) -> Any:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("build", help="build images from a definition file (layers cached, outputs in parallel)",
+    p = sub.add_parser("build", help=SUMMARIES["build"],
                        description="Build the images a definition file describes.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("definitions", type=Path, nargs="+", metavar="FILE.yaml",

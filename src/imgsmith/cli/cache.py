@@ -15,6 +15,7 @@ from ..disk.sizes import format_size, parse_size
 from ..errors import UsageError
 from ..paths import cache_root
 from ..source.base import cached_bases
+from .commands import SUMMARIES
 
 if TYPE_CHECKING:
     from ..cache.remote import RemoteCache
@@ -32,7 +33,7 @@ chain (the layers are then rebuilt). Set IMGSMITH_CACHE to choose where it lives
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "cache", help="list or prune the layer cache",
+        "cache", help=SUMMARIES["cache"],
         description="Inspect and prune the content-addressed layer cache (one qcow2 overlay per layer, "
                     "reused by later builds with the same parent and steps).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

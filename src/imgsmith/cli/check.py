@@ -9,6 +9,7 @@ from ..clouds import CLOUDS
 from ..clouds.check import CheckReport, check_image, parse_clouds
 from ..guest.backend import BACKENDS
 from ..guest.session import SessionOptions
+from .commands import SUMMARIES
 from .render import Progress, print_json
 
 EPILOG = f"""\
@@ -28,7 +29,7 @@ examples:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "check", help="check an image against each cloud's import rules (read-only)",
+        "check", help=SUMMARIES["check"],
         description="Check IMAGE against the rules of each cloud it will be imported into: formats and sizes, "
                     "partitions and boot mode, drivers in the initramfs, cloud-init and its datasource, fstab "
                     "and GRUB by UUID, network configuration, guest tools. Nothing in the image changes.",

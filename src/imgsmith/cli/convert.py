@@ -28,6 +28,7 @@ from ..disk.presets import PRESETS, get_preset
 from ..disk.qemuimg import Cancelled
 from ..disk.sizes import format_size
 from ..errors import UsageError
+from .commands import SUMMARIES
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -44,7 +45,7 @@ def _epilog() -> str:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "convert", help="convert a disk image to other formats or cloud presets",
+        "convert", help=SUMMARIES["convert"],
         description="Convert SRC to DST with qemu-img, or to several presets at once (in parallel). "
                     "Each destination is written under a hidden temporary name, checksummed "
                     "(DST.sha256) and renamed into place only when complete.",

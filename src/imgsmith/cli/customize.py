@@ -6,12 +6,14 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from ..clouds import ready as _cloud_ready  # noqa: F401 -- registers `cloud-ready` in the registry
 from ..customize import customize_disk
 from ..guest.backend import BACKENDS
 from ..guest.session import SessionOptions
 from ..ops.base import ParseContext, Settings
 from ..ops.cmdline import add_operation_arguments, parse_operations
 from ..ops.crypto import HASH_PREFIXES
+from .commands import SUMMARIES
 from .render import Progress, print_json
 
 EPILOG = """\
@@ -64,7 +66,7 @@ def add_session_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "customize", help="customize a disk image in place, like virt-customize, but all-or-nothing",
+        "customize", help=SUMMARIES["customize"],
         description="Customize a VM disk image with virt-customize's options and semantics. "
                     "Every option below is one operation.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

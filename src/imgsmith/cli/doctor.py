@@ -13,10 +13,11 @@ from typing import Any
 
 from .. import __version__, proc
 from ..host import accel
+from .commands import SUMMARIES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("doctor", help="check the host: tool versions, accelerator, appliance launch time",
+    p = sub.add_parser("doctor", help=SUMMARIES["doctor"],
                        description="Report versions of libguestfs and qemu, which accelerator works "
                                    "(KVM is probed by really booting a tiny guest), and how long a "
                                    "libguestfs appliance takes to launch here.")

@@ -9,11 +9,12 @@ from typing import Any
 
 from ..disk import qemuimg
 from ..disk.sizes import format_size
+from .commands import SUMMARIES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "info", help="show a disk image's format, sizes, backing chain and snapshots",
+        "info", help=SUMMARIES["info"],
         description="Show what qemu-img knows about DISK (format, virtual and allocated size, backing "
                     "chain, snapshots, format details); with --inspect also the guest operating system "
                     "found by inspection (one read-only appliance launch; the same rules and facts as customize and "

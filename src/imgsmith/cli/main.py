@@ -16,19 +16,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from types import FrameType, ModuleType
+from types import FrameType
 from typing import NoReturn
 
 from .. import __version__
 from ..errors import ImgsmithError, UsageError, error_document
+from . import commands
 
 __all__ = ["main"]
-
-
-def _command_modules() -> list[ModuleType]:
-    # Imported here so `imgsmith --version` stays fast; listed explicitly (no import magic).
-    from . import commands
-    return commands.MODULES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +38,9 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole CLI's parser; given the command line, only the command it names is fully built
+    (cli/commands.py says why)."""
     parser = _Parser(
         prog="imgsmith",
         description="Cloud VM disk images as code: customize, sysprep, convert, build and boot-test.",
@@ -52,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and every host command")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in _command_modules():
-        module.register(sub)
+    commands.register_all(sub, argv)
     return parser
 
 
@@ -87,8 +83,9 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    _Parser.json_requested = "--json" in (sys.argv[1:] if argv is None else argv)
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(words)
+    _Parser.json_requested = "--json" in words
     args = parser.parse_args(argv)
     debug = bool(args.debug or os.environ.get("IMGSMITH_DEBUG"))
     setup_logging(bool(getattr(args, "verbose", False)), debug or bool(getattr(args, "trace", False)))

@@ -20,6 +20,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .commands import SUMMARIES
 from .render import print_json
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ FORMATS = ("jobs", "github-matrix", "k8s-jobs")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("plan", help="list the build jobs of definitions and their matrices (for CI and Kubernetes)",
+    p = sub.add_parser("plan", help=SUMMARIES["plan"],
                        description="Plan the builds of one or more definitions: one job per matrix variant, with "
                                    "the layer keys each needs. Nothing is fetched or built.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

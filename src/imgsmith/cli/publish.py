@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .commands import SUMMARIES
 from .render import Progress, print_json
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("publish", help="upload a build's outputs to Glance, S3, an OCI registry or AWS (an AMI)",
+    p = sub.add_parser("publish", help=SUMMARIES["publish"],
                        description="Publish the outputs of a build to the destinations listed under publish: in "
                                    "its definition.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -8,11 +8,12 @@ import sys
 
 from ..disk.sizes import format_size, parse_size
 from ..guest.resize import resize_disk
+from .commands import SUMMARIES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "resize", help="grow a disk image and its last partition and filesystem",
+        "resize", help=SUMMARIES["resize"],
         description="Grow DISK (qcow2 or raw) to SIZE, then its last partition (MBR or GPT) and the "
                     "filesystem in it (ext2/3/4, xfs, btrfs; LVM PV and NTFS too), in one appliance "
                     "launch. The work happens in an overlay that is committed into DISK only when it "

@@ -6,9 +6,12 @@ import argparse
 import json
 from typing import Any
 
+from .commands import SUMMARIES
+
 
 def definition_schema() -> dict[str, Any]:
     """The pydantic model's schema, with each step spelled out from the operation registry."""
+    from ..clouds import ready as _cloud_ready  # noqa: F401 -- registers `cloud-ready` in the registry
     from ..definition.model import Definition
     from ..ops import CUSTOMIZE_OPERATIONS
     schema = Definition.model_json_schema(by_alias=True)
@@ -23,7 +26,7 @@ def definition_schema() -> dict[str, Any]:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("schema", help="print the JSON Schema of definition files (for editors)",
+    p = sub.add_parser("schema", help=SUMMARIES["schema"],
                        description="Print the JSON Schema of imgsmith definition files. Point your editor's "
                                    "YAML language server at it for completion and validation.")
     p.set_defaults(func=run)

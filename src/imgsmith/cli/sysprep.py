@@ -22,6 +22,7 @@ from ..sysprep import (
     sysprep_disk,
 )
 from ..transaction import DiskResult
+from .commands import SUMMARIES
 from .customize import add_session_arguments, session_from, settings_from
 from .render import Progress, print_json
 
@@ -65,7 +66,7 @@ class _ListAction(argparse.Action):
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "sysprep", help="reset a disk image so clones can be made, like virt-sysprep, but all-or-nothing",
+        "sysprep", help=SUMMARIES["sysprep"],
         description="Remove what makes a guest one particular machine (SSH host keys, machine-id, logs, "
                     "MAC-bound network config, leases, histories...) with virt-sysprep's operations, names "
                     "and defaults, then apply any customize options.",

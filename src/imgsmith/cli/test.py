@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from .commands import SUMMARIES
 
 if TYPE_CHECKING:  # the boot modules pull in paramiko and pycdlib: imported when the command runs
     from ..boot.test import BootResult, BootTestError
@@ -24,7 +25,7 @@ here so that ``imgsmith --help`` does not load the boot modules)."""
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "test", help="boot an image under qemu and check it over SSH (the image is not modified)",
+        "test", help=SUMMARIES["test"],
         description="Boot IMAGE on a throw-away overlay with a cloud-init NoCloud seed (or, with --cloud, that "
                     "cloud's own datasource emulated locally), watch the serial console through the boot "
                     "stages, log in over SSH with a throw-away key, run the checks, and power off. The guest's "

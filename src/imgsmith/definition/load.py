@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..clouds import ready as _cloud_ready  # noqa: F401 -- registers `cloud-ready` in the registry
 from ..disk.sizes import SizeSpec
 from ..errors import DefinitionError, Problem, UsageError
 from ..ops import CUSTOMIZE_OPERATIONS

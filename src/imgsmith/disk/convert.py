@@ -27,14 +27,17 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ImageError, ImgsmithError, UsageError
 from ..host.files import fsync_dir, fsync_file, partial_dir, sha256_file, write_sha256_file
-from . import delta, gcp, ova, qemuimg
+from . import qemuimg
 from .formats import Format, resolve_options, writable_format
 from .presets import Layout, Preset, apply_rules, get_preset
 from .sizes import MiB, format_size
+
+if TYPE_CHECKING:
+    from . import delta
 
 __all__ = [
     "ConvertResult",
@@ -240,6 +243,9 @@ def _write_disk(p: Plan, work: Path, progress: qemuimg.ProgressFn | None,
         src_path, src_fmt = work / "grown.qcow2", "qcow2"
         qemuimg.create_overlay(src.path, src.format, src_path, p.virtual_size)
     span = 100.0 if t.layout is Layout.PLAIN else 80.0
+    # The packers are imported when a layout needs them: tar, XML and their helpers would
+    # otherwise load on every start of every command (the definition resolves its targets here).
+    from . import gcp, ova
     if t.layout is Layout.GCP_TAR:
         disk = work / gcp.MEMBER
     elif t.layout is Layout.OVA:
@@ -297,6 +303,7 @@ def _patch(p: Plan, work: Path) -> Path | None:
     """The previous output patched into *work*, or None (no update, or it failed: convert in full)."""
     if p.update is None or p.virtual_size != p.source.info.virtual_size:
         return None
+    from . import delta
     disk = work / p.target.path.name
     try:
         delta.apply(p.update, disk, p.virtual_size)
