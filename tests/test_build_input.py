@@ -327,9 +327,9 @@ def test_the_boot_tests_datasource_is_checked_at_load(tmp_path: Path) -> None:
     (tmp_path / "t.yaml").write_text("version: 1\nname: t\nsource: {file: base.img}\ntest: {cloud: AWS}\n")
     test = load_definition(tmp_path / "t.yaml").definition.test
     assert test is not None and test.cloud == "aws"
-    (tmp_path / "t.yaml").write_text("version: 1\nname: t\nsource: {file: base.img}\ntest: {cloud: gcp}\n")
+    (tmp_path / "t.yaml").write_text("version: 1\nname: t\nsource: {file: base.img}\ntest: {cloud: azure}\n")
     r = run("build", "t.yaml", "--dry-run", cwd=tmp_path)
     assert r.returncode == 2
-    assert errors(r) == ["t.yaml:4:15: test.cloud: no gcp datasource emulation: cloud-init's reads a metadata "
-                         "service by DNS name (GCE) or a Wire Server protocol (Azure) the boot test does not "
-                         "emulate (available: nocloud, openstack, tencent, aws, aliyun)"]
+    assert errors(r) == ["t.yaml:4:15: test.cloud: no azure datasource emulation: cloud-init's speaks the Wire "
+                         "Server protocol (and reads an OVF provisioning ISO), which the boot test does not "
+                         "emulate (available: nocloud, openstack, tencent, aws, aliyun, gcp)"]

@@ -81,7 +81,7 @@ def _prepared(cloud: str, tmp: Path) -> tuple[SeedConfig, Platform, dict[str, An
     ds = DATASOURCES[cloud]
     cfg = ds.seed_config("ssh-ed25519 AAAAuser u", "ssh-ed25519 AAAAinstance i")
     platform = ds.prepare(cfg, tmp)
-    data_file = tmp / f"{'ec2' if cloud == 'aws' else cloud}-metadata.json"
+    data_file = tmp / f"{ {'aws': 'ec2', 'gcp': 'gce'}.get(cloud, cloud)}-metadata.json"
     data = json.loads(data_file.read_text()) if ds.metadata_service else {}
     return cfg, platform, data
 
@@ -139,14 +139,34 @@ def test_metadata_server_answers_garbage_with_400(tmp_path: Path) -> None:
     assert _serve(tmp_path / "aliyun-metadata.json", b"\x16\x03\x01garbage\r\n\r\n")[0] == 400
 
 
-def test_required_header_like_gce(tmp_path: Path) -> None:
-    data = {"routes": {"/computeMetadata/v1/instance/id": "42"}, "require_header": ["Metadata-Flavor", "Google"]}
-    no = mdserver.read_request(io.BytesIO(b"GET /computeMetadata/v1/instance/id HTTP/1.1\r\n\r\n"))
-    yes = mdserver.read_request(io.BytesIO(b"GET /computeMetadata/v1/instance/id HTTP/1.1\r\n"
-                                           b"Metadata-Flavor: Google\r\n\r\n"))
-    assert no is not None and yes is not None
-    assert mdserver.answer(data, no).status == 403
-    assert (mdserver.answer(data, yes).status, mdserver.answer(data, yes).body) == (200, "42")
+def test_gce_metadata_needs_its_flavor_header_and_answers_recursive_documents(tmp_path: Path) -> None:
+    """What cloud-init 22.4's GCE datasource reads, as the GCE metadata server answers it."""
+    cfg, platform, data = _prepared("gcp", tmp_path)
+    data_file = tmp_path / "gce-metadata.json"
+    v1 = "/computeMetadata/v1"
+
+    def get(path: str, flavor: bool = True) -> tuple[int, str]:
+        head = "Metadata-Flavor: Google\r\n" if flavor else ""
+        code, _h, text = _serve(data_file, f"GET {path} HTTP/1.1\r\nHost: metadata.google.internal\r\n{head}\r\n"
+                                .encode())
+        return code, text
+
+    assert get(f"{v1}/instance/id", flavor=False)[0] == 403
+    assert get(f"{v1}/instance/id") == (200, cfg.instance_id) and cfg.instance_id.isdigit()
+    assert get(f"{v1}/instance/zone") == (200, "projects/123456789012/zones/us-central1-a")
+    assert get(f"{v1}/instance/hostname") == (200, "imgsmith-gcp.us-central1-a.c.imgsmith-boot-test.internal")
+    code, doc = get(f"{v1}/instance/attributes/?recursive=True")  # cloud-init's spelling
+    assert code == 200 and json.loads(doc) == {"ssh-keys": "cloudinit:ssh-ed25519 AAAAinstance i",
+                                               "user-data": user_data(cfg)}
+    assert get(f"{v1}/project/attributes/?recursive=true") == (200, "{}")
+    assert sorted(get(f"{v1}/instance/attributes/")[1].splitlines()) == ["ssh-keys", "user-data"]  # a listing
+    assert "attributes/" in get(f"{v1}/instance/")[1].splitlines()
+    assert data["require_header"] == ["Metadata-Flavor", "Google"]
+    assert [(g.address, g.port) for g in platform.network.guestfwd] == [("169.254.169.254", 80)]
+    assert any("product=Google Compute Engine,version=,serial=GoogleCloud-" in s for s in platform.smbios)
+    assert DATASOURCES["gcp"].resolver == (("169.254.169.254", "metadata.google.internal"),)
+    summary = request_summary(platform.request_log)
+    assert summary is not None and summary["by_method_status"] == {"GET 200": 7, "GET 403": 1}
 
 
 # --- qemu command line per datasource --------------------------------------------------------------
@@ -188,11 +208,12 @@ def test_config_drive_clouds_attach_the_drive_read_only(tmp_path: Path) -> None:
 
 def test_unknown_and_unemulated_clouds_are_usage_errors() -> None:
     assert datasource_for(None).cloud == "nocloud"
-    with pytest.raises(UsageError, match="no gcp datasource emulation"):
-        datasource_for("gcp")
+    assert datasource_for("GCE").cloud == "gcp"  # the datasource's own name for the cloud
+    with pytest.raises(UsageError, match="no azure datasource emulation"):
+        datasource_for("azure")
     with pytest.raises(UsageError, match="unknown cloud 'mars'") as info:
         datasource_for("mars")
-    assert info.value.hint == "available: nocloud, openstack, tencent, aws, aliyun"
+    assert info.value.hint == "available: nocloud, openstack, tencent, aws, aliyun, gcp"
     assert tuple(DATASOURCES) == cli_test._CLOUDS
 
 
@@ -234,9 +255,9 @@ def test_verdict_passes_only_when_everything_took_effect(tmp_path: Path) -> None
 
 def test_cli_offers_the_clouds_and_refuses_others(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "imgsmith.cli.main", "test", str(tmp_path / "x.qcow2"),
-                        "--cloud", "gcp"], capture_output=True, text=True, check=False)
+                        "--cloud", "azure"], capture_output=True, text=True, check=False)
     assert r.returncode == 2
-    assert "argument --cloud: invalid choice: 'gcp'" in r.stderr
+    assert "argument --cloud: invalid choice: 'azure'" in r.stderr
     r = subprocess.run([sys.executable, "-m", "imgsmith.cli.main", "test", "--help"], capture_output=True,
                        text=True, check=True)
-    assert "--cloud CLOUD" in r.stdout and "nocloud, openstack, tencent, aws, aliyun" in " ".join(r.stdout.split())
+    assert "--cloud CLOUD" in r.stdout and "nocloud, openstack, tencent, aws, aliyun, gcp" in " ".join(r.stdout.split())

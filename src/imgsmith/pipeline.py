@@ -367,7 +367,7 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     run_boot = options.boot_test if options.boot_test is not None else bool(
         loaded.definition.test and loaded.definition.test.boot)
     if run_boot:
-        result.boot = _boot_test(loaded, result.outputs, final, emit, timings)
+        result.boot = _boot_test(loaded, result.outputs, final, emit, timings, trusted=the_plan.session.trusted)
         record["timings"] = {k: round(v, 2) for k, v in timings.items()}
         with _doing(f"writing the manifest into {out_dir}"):
             write_manifest(out_dir, {**record, "boot_test": result.boot})
@@ -492,7 +492,7 @@ def _refused(result: BuildResult) -> list[str]:
 
 
 def _boot_test(loaded: LoadedDefinition, results: list[ConvertResult], final: tuple[Path, str], emit: Sink,
-               timings: dict[str, float]) -> dict[str, Any]:
+               timings: dict[str, float], *, trusted: bool) -> dict[str, Any]:
     from .boot.test import Timeouts, boot_test
     section = loaded.definition.test
     checks = [c.to_check() for c in section.checks] if section else []
@@ -502,7 +502,7 @@ def _boot_test(loaded: LoadedDefinition, results: list[ConvertResult], final: tu
     limits = Timeouts.for_total(accel.detect().name, section.timeout) if section and section.timeout else None
     with _stage(emit, StageStarted(StageKind.BOOT, image.name), timings, "boot_test"):
         outcome = boot_test(image, fmt, checks=checks, progress=lambda m: emit(Message(m)), timeouts=limits,
-                            cloud=section.cloud if section else None)
+                            cloud=section.cloud if section else None, trusted=trusted)
     data: dict[str, Any] = outcome.to_dict()
     if not outcome.passed and (section is None or section.required):
         failed = [c for c in data.get("checks", []) if not c.get("passed")]

@@ -13,6 +13,11 @@ aws         Ec2 (IMDSv2)        :mod:`.mdserver` at 169.254.169.254:80, token
                                 required; SMBIOS uuid = serial = ``ec2…``
 aliyun      AliYun              :mod:`.mdserver` at 100.100.100.200:80;
                                 SMBIOS product ``Alibaba Cloud ECS``
+gcp         GCE (GCELocal)      :mod:`.mdserver` at 169.254.169.254:80, header
+                                ``Metadata-Flavor: Google`` required; SMBIOS
+                                product ``Google Compute Engine``; the name
+                                ``metadata.google.internal`` in the overlay's
+                                ``/etc/hosts``
 ==========  ==================  ==================================================
 
 The metadata services are local stand-ins: qemu's user network (``restrict=on``)
@@ -22,8 +27,12 @@ strings are the ones cloud-init's ``ds-identify`` and the datasources check
 (``ec2_identify_platform``/``identify_aws``, ``dscheck_AliYun``/``_is_aliyun``,
 ``dscheck_OpenStack``), as the real platforms report them.
 
-GCE is not here: its datasource reads ``metadata.google.internal``, a DNS name,
-and a guest that may send no packet off the machine has no resolver to ask.
+GCE's datasource asks for ``metadata.google.internal``, a name GCP's own resolver
+(169.254.169.254, handed out by its DHCP) answers. Under ``restrict=on`` qemu drops
+the guest's DNS packets, and qemu can forward TCP only, so the boot test plays
+GCP's resolver by writing that one name into ``/etc/hosts`` of the throw-away
+overlay (:attr:`Datasource.resolver`); the image itself is never written. That
+is the only file a boot test changes in the guest, and only for ``gcp``.
 """
 
 from __future__ import annotations
@@ -74,6 +83,9 @@ class Datasource:
     prepare: Callable[[seed_mod.SeedConfig, Path], Platform]
     metadata_service: str | None = None
     """``ADDRESS:PORT`` of the emulated metadata service, None for a drive."""
+    resolver: tuple[tuple[str, str], ...] = ()
+    """(address, name) pairs the cloud's DNS answers that its datasource needs; the boot test writes them
+    into the overlay's ``/etc/hosts``, since a guest under ``restrict=on`` has no DNS (module docstring)."""
 
     def seed_config(self, user_key: str, instance_key: str) -> seed_mod.SeedConfig:
         """A fresh identity: instance-id in the cloud's format, hostname ``imgsmith-<cloud>``."""
@@ -217,6 +229,38 @@ def _aliyun(cfg: seed_mod.SeedConfig, tmp: Path) -> Platform:
     return Platform(None, net, smbios, log)
 
 
+GCE_PROJECT = ("imgsmith-boot-test", "123456789012")
+GCE_ZONE = "us-central1-a"
+
+
+def _gcp(cfg: seed_mod.SeedConfig, tmp: Path) -> Platform:
+    """GCE's metadata server: ``/computeMetadata/v1/`` (what cloud-init reads: the id, zone, hostname
+    and the recursive ``attributes`` documents), answering only requests with ``Metadata-Flavor: Google``."""
+    attributes = {"ssh-keys": f"cloudinit:{cfg.instance_key or ''}", "user-data": seed_mod.user_data(cfg)}
+    project_attributes: dict[str, str] = {}
+    meta = {
+        "instance": {"id": cfg.instance_id, "zone": f"projects/{GCE_PROJECT[1]}/zones/{GCE_ZONE}",
+                     "hostname": f"{cfg.hostname}.{GCE_ZONE}.c.{GCE_PROJECT[0]}.internal",
+                     "machine-type": f"projects/{GCE_PROJECT[1]}/machineTypes/e2-small",
+                     "attributes": attributes},
+        "project": {"project-id": GCE_PROJECT[0], "numeric-project-id": GCE_PROJECT[1],
+                    "attributes": project_attributes},
+    }
+    routes = metadata_tree(meta, "/computeMetadata/v1/")
+    routes["/computeMetadata/v1/instance/attributes?recursive=true"] = json.dumps(attributes)
+    routes["/computeMetadata/v1/project/attributes?recursive=true"] = json.dumps(project_attributes)
+    routes["/computeMetadata/"] = "v1/"
+    routes["/"] = "computeMetadata/"
+    command, log = _server(tmp, "gce", {"routes": routes, "require_header": ["Metadata-Flavor", "Google"]})
+    net = UserNetwork(net="169.254.0.0/16", host="169.254.0.2", dhcpstart=GUEST_IP_LINK_LOCAL,
+                      guestfwd=(GuestForward("169.254.169.254", 80, command),))
+    serial = f"GoogleCloud-{secrets.token_hex(16).upper()}"
+    smbios = ("type=0,vendor=Google,version=Google,date=01/01/2011",
+              f"type=1,manufacturer=Google,product=Google Compute Engine,version=,serial={serial},"
+              f"uuid={uuid.uuid4()}")
+    return Platform(None, net, smbios, log)
+
+
 def _hex_id(prefix: str, length: int) -> Callable[[], str]:
     return lambda: prefix + secrets.token_hex(length)[:length]
 
@@ -231,6 +275,8 @@ DATASOURCES: Mapping[str, Datasource] = {d.cloud: d for d in (
                metadata_service="169.254.169.254:80"),
     Datasource("aliyun", ("AliYun",), "aliyun", _hex_id("i-bp", 18), _aliyun,
                metadata_service="100.100.100.200:80"),
+    Datasource("gcp", ("GCELocal", "GCE"), "gce", lambda: str(10**18 + secrets.randbelow(9 * 10**18)), _gcp,
+               metadata_service="169.254.169.254:80", resolver=(("169.254.169.254", "metadata.google.internal"),)),
 )}
 """Every datasource the boot test can emulate, by cloud name (``imgsmith test --cloud NAME``)."""
 
@@ -240,8 +286,10 @@ def datasource_for(cloud: str | None) -> Datasource:
     name = (cloud or "nocloud").lower()
     if name in DATASOURCES:
         return DATASOURCES[name]
-    if name in ("gcp", "gce", "azure"):
-        raise UsageError(f"no {name} datasource emulation: cloud-init's reads a metadata service by DNS name "
-                         "(GCE) or a Wire Server protocol (Azure) the boot test does not emulate",
+    if name == "gce":
+        return DATASOURCES["gcp"]
+    if name == "azure":
+        raise UsageError("no azure datasource emulation: cloud-init's speaks the Wire Server protocol "
+                         "(and reads an OVF provisioning ISO), which the boot test does not emulate",
                          hint=f"available: {', '.join(DATASOURCES)}")
     raise UsageError(f"unknown cloud {cloud!r} for the boot test", hint=f"available: {', '.join(DATASOURCES)}")

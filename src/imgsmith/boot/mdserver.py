@@ -11,7 +11,8 @@ the boot test wrote:
 ``routes``
     path → body, directory listings included (the test builds the tree, see
     :mod:`imgsmith.boot.datasource`); a path with a trailing ``/`` and without
-    are the same.
+    are the same. A route ``PATH?recursive=true`` answers a recursive request
+    (GCE's ``?recursive=True``, any case) of PATH; other query strings are ignored.
 ``token``
     IMDSv2: ``{"value": T, "ttl_header": ..., "header": ...}``. ``PUT
     /latest/api/token`` with the TTL header answers *T*; every other request
@@ -47,10 +48,16 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 class Request:
     """One parsed HTTP request line with its headers (names lower-cased)."""
 
-    def __init__(self, method: str, path: str, headers: Mapping[str, str]) -> None:
+    def __init__(self, method: str, path: str, headers: Mapping[str, str], query: str = "") -> None:
         self.method = method
         self.path = path
         self.headers = dict(headers)
+        self.query = query
+
+    @property
+    def recursive(self) -> bool:
+        """GCE's ``?recursive=true``: the whole directory as one JSON document."""
+        return any(part.lower() == "recursive=true" for part in self.query.split("&"))
 
 
 class Response:
@@ -89,10 +96,10 @@ def read_request(stream: BinaryIO) -> Request | None:
     length = int(headers.get("content-length", "0") or 0)
     if 0 < length <= MAX_BODY_BYTES:
         stream.read(length)
-    path = target.split("?", 1)[0]
+    path, _, query = target.partition("?")
     if path.startswith("http://"):  # absolute form
         path = "/" + path.split("/", 3)[-1] if path.count("/") >= 3 else "/"
-    return Request(method.upper(), path, headers)
+    return Request(method.upper(), path, headers, query)
 
 
 def _route(routes: Mapping[str, str], path: str) -> str | None:
@@ -126,7 +133,9 @@ def answer(data: Mapping[str, Any], req: Request) -> Response:
         return gate
     if req.method not in ("GET", "HEAD"):
         return Response(405, "")
-    body = _route(data.get("routes", {}), req.path)
+    routes = data.get("routes", {})
+    body = _route(routes, req.path.rstrip("/") + "?recursive=true") if req.recursive else None
+    body = body if body is not None else _route(routes, req.path)
     if body is None:
         return Response(404, "")
     content_type = "application/json" if body.lstrip().startswith("{") else "text/plain"

@@ -158,6 +158,9 @@ def _findings(ds: Datasource, cfg: SeedConfig, v: DatasourceVerdict) -> list[str
             found.append(f"the guest never asked the metadata service at {ds.metadata_service}")
         if ds.cloud == "aws" and not requests["token_puts"]:
             found.append("no IMDSv2 token was requested (PUT /latest/api/token)")
+        refused = requests["by_method_status"].get("GET 403", 0)
+        if ds.cloud == "gcp" and refused:
+            found.append(f"{refused} request(s) without the Metadata-Flavor: Google header (GCE refuses them)")
     return found
 
 

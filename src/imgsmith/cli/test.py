@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the boot modules pull in paramiko and pycdlib: imported whe
 
 __all__ = ["register", "run"]
 
-_CLOUDS = ("nocloud", "openstack", "tencent", "aws", "aliyun")
+_CLOUDS = ("nocloud", "openstack", "tencent", "aws", "aliyun", "gcp")
 """The keys of :data:`imgsmith.boot.datasource.DATASOURCES` (a test keeps them equal; not imported
 here so that ``imgsmith --help`` does not load the boot modules)."""
 
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "(split at the last '='; without '=' only the exit status counts); repeatable")
     p.add_argument("--cloud", metavar="CLOUD", choices=_CLOUDS,
                    help=f"boot on this cloud's datasource, emulated locally: {', '.join(_CLOUDS)} "
-                        "(config drive for openstack/tencent, metadata service for aws/aliyun); the verdict "
+                        "(config drive for openstack/tencent, metadata service for aws/aliyun/gcp); the verdict "
                         "says which datasource cloud-init used and whether its hostname, SSH key and "
                         "user-data took effect (default: a NoCloud seed)")
     p.add_argument("--timeout-scale", type=float, default=1.0, metavar="X",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ..boot.datasource import DATASOURCES
 from . import PROFILES
 from .fixes import FIXES
 
@@ -77,6 +78,19 @@ def _fixes_section() -> str:
     return FIXES_HEADER + "".join(rows) + "\nRules each cloud's `cloud-ready` fixes:\n\n" + "".join(per_cloud) + "\n"
 
 
+def _boot_test_line(cloud: str) -> str:
+    """What ``imgsmith test --cloud`` proves for *cloud* (docs/boot.md has how each is emulated)."""
+    ds = DATASOURCES.get(cloud)
+    if ds is None:
+        return ("boot test: no emulation of this cloud's datasource; `imgsmith test` boots with NoCloud, "
+                "which proves the image boots and cloud-init runs, not that it finds this cloud's datasource")
+    where = f"its metadata service at {ds.metadata_service}" if ds.metadata_service else "its config drive"
+    return (f"boot test: `imgsmith test IMAGE --cloud {cloud}` (or `test: {{cloud: {cloud}}}`) boots on "
+            f"{where}, emulated locally ([boot.md](boot.md)); it passes when cloud-init used "
+            f"{' or '.join('DataSource' + n for n in ds.dsnames)}, `cloud-id` is `{ds.cloud_id}`, and the "
+            "hostname, SSH key and user-data from that datasource took effect (then SSH login)")
+
+
 def render_clouds_doc() -> str:
     parts = [HEADER]
     for profile in PROFILES.values():
@@ -91,6 +105,7 @@ def render_clouds_doc() -> str:
                          + ("; network: " + ", ".join(late) if late else ""))
         if profile.datasources:
             facts.append(f"cloud-init datasource: {' or '.join(profile.datasources)}")
+        facts.append(_boot_test_line(profile.name))
         parts.append("".join(f"- {f}\n" for f in facts) + "\n")
         parts.append("| rule | severity | cloud's error | what it checks | source |\n|---|---|---|---|---|\n")
         for rule in profile.rules:

@@ -109,9 +109,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> None:
+def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None, durable: bool = True) -> None:
     """Replace *path* with *data* so that readers, and the disk after a crash, see either the old
     file or the whole new one: temp file in the same directory, write, fsync, rename, fsync dir.
+
+    ``durable=False`` skips both fsyncs: for a file that describes state a power cut clears anyway
+    (a session's mounts and loop devices), where readers need the rename's atomicity only.
 
     On any failure the temp file is removed and the old *path* is left as it was. The temp name
     carries pid and thread id, so concurrent writers of one path never share a temp file.
@@ -123,14 +126,16 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> N
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)  # the umask applied to os.open's mode
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def write_sha256_file(path: Path, digest: str, name: str) -> None:

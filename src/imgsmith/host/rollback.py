@@ -101,7 +101,9 @@ class Session:
         self._save()
 
     def _save(self) -> None:
-        atomic_write(self.dir / "state.json", json.dumps(self._state))
+        # Not durable: what the record lists (mounts, loop devices, processes) does not survive a power
+        # cut either, and a killed process's page cache still reaches the next session's sweep.
+        atomic_write(self.dir / "state.json", json.dumps(self._state), durable=False)
 
     def push(self, kind: str, what: str, undo: Callable[[], None] | None = None) -> None:
         """Record a resource just acquired; *undo* overrides :func:`release` for it."""
