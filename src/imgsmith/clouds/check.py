@@ -21,7 +21,7 @@ from ..disk import qemuimg
 from ..errors import GuestError, UsageError
 from ..guest.api import OSInfo
 from ..guest.session import SessionOptions, open_guest
-from ..transaction import disk_info, overlay
+from ..transaction import DiskInfo, disk_info, overlay
 from . import PROFILES
 from .base import ERROR, Finding, Hit
 from .facts import Facts, ImageFacts, read_image_facts
@@ -64,12 +64,12 @@ def _no_root(clouds: Sequence[str], why: str, image: Path) -> list[Finding]:
     return out
 
 
-def _image_facts(path: Path, fmt: str | None, clouds: Sequence[str]) -> ImageFacts:
-    fmt = fmt or qemuimg.probe_format(path)
-    info = disk_info(path, fmt)
-    details = qemuimg.info(path, fmt)
-    qcow2 = qemuimg.measure_qcow2(path, fmt) if "tencent" in clouds else None
-    return read_image_facts(path, info.format, info.virtual_size, qcow2, dict(details.format_specific))
+def _image_facts(path: Path, fmt: str | None, clouds: Sequence[str]) -> tuple[ImageFacts, DiskInfo]:
+    """The file's facts, from one ``open_image`` (probe, info, check) and, for Tencent, one measure."""
+    info = qemuimg.open_image(path, fmt)
+    qcow2 = qemuimg.measure_qcow2(path, info.format) if "tencent" in clouds else None
+    facts = read_image_facts(path, info.format, info.virtual_size, qcow2, dict(info.format_specific))
+    return facts, DiskInfo(path, info.format, info.virtual_size)
 
 
 def check_image(path: Path, clouds: Sequence[str], *, fmt: str | None = None,
@@ -82,10 +82,10 @@ def check_image(path: Path, clouds: Sequence[str], *, fmt: str | None = None,
     choice = session.choice()  # a bad backend request fails before anything is opened
     if not path.exists():
         raise UsageError(f"{path}: no such disk image")
-    image = _image_facts(path, fmt, clouds)
+    image, opened = _image_facts(path, fmt, clouds)
     message(f"Examining {path} ({image.format}, backend {choice.name}) for {', '.join(clouds)} ...")
     report = CheckReport(path, image.format, list(clouds), choice.name, 0.0)
-    with overlay(disk_info(path, image.format)) as top:
+    with overlay(opened) as top:
         try:
             with open_guest(top, "qcow2", session, message=message) as guest:
                 report.backend = guest.backend
