@@ -168,8 +168,13 @@ def _sharing(options: BuildOptions, store: LayerStore, cache: Path) -> Sharing |
     return Sharing(store, RemoteCache(options.remote), cache)
 
 
-def _fetch_base(loaded: LoadedDefinition, cache: Path, key: BaseKey, emit: Sink) -> BaseRef:
-    """Bring the base image here (verify a local file, download, or bootstrap): only when a stage needs it."""
+def _fetch_base(loaded: LoadedDefinition, cache: Path, key: BaseKey, emit: Sink, sharing: Sharing | None = None
+                ) -> BaseRef:
+    """Bring the base image here (verify a local file, download, or bootstrap): only when a stage needs it.
+
+    With a remote cache, a base image that is not here is pulled from it when another
+    host put it there, instead of downloaded or bootstrapped again.
+    """
     from .disk.qemuimg import probe_format
     from .source import base as base_src
     src = loaded.definition.source
@@ -183,13 +188,16 @@ def _fetch_base(loaded: LoadedDefinition, cache: Path, key: BaseKey, emit: Sink)
         with _stage(emit, StageStarted(StageKind.SOURCE, key.origin)):
             img = base_src.resolve_url(src.url, key.checksum, checksum_url=None, cache_dir=cache, fmt=src.format,
                                        progress=lambda phase, done, total: emit(Progress(
-                                           phase, 100.0 * done / total if total else 0.0, done, total)))
+                                           phase, 100.0 * done / total if total else 0.0, done, total)),
+                                       fill=None if sharing is None else (
+                                           lambda dest, expected: sharing.fill_base(key, dest, emit, expected)))
         return BaseRef(key, img.path, img.format)
     from .source.bootstrap import bootstrap_image
     assert src.bootstrap is not None
     spec = src.bootstrap
     with _stage(emit, StageStarted(StageKind.SOURCE, f"bootstrap {spec.distro} {spec.release}")):
-        path = bootstrap_image(spec, cache_dir=cache / "bootstrap", progress=lambda m: emit(Message(m)))
+        path = bootstrap_image(spec, cache_dir=cache / "bootstrap", progress=lambda m: emit(Message(m)),
+                               fill=None if sharing is None else (lambda dest: sharing.fill_base(key, dest, emit)))
     return BaseRef(key, path, probe_format(path))
 
 
@@ -277,6 +285,8 @@ def _push(sharing: Sharing, plan: BuildPlan, layers: list[LayerOutcome], base: t
           timings: dict[str, float]) -> None:
     """Layers the remote lacks go up after they are published here (sharing.py says which may)."""
     t = time.monotonic()
+    if plan.definition.definition.source.file is None and sharing.push_base(plan.base, base[0], emit):
+        timings["push"] = time.monotonic() - t
     pushed = sharing.push(plan, [(x.layer, x.path) for x in layers], base, emit)
     if pushed:
         timings["push"] = time.monotonic() - t
@@ -323,7 +333,7 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     if options.dry_run:
         return BuildResult(the_plan)
     t = time.monotonic()
-    base = _fetch_base(loaded, cache, the_plan.base, emit)
+    base = _fetch_base(loaded, cache, the_plan.base, emit, sharing)
     timings["source"] = time.monotonic() - t
     result = BuildResult(the_plan, timings=timings)
     result.layers = _layers(the_plan, base, store, emit, timings=timings, no_cache=options.no_cache,

@@ -10,6 +10,10 @@ The pipeline asks three things, each a small function of this module:
   locally. Any refusal is one line and the layer is built instead.
 - :meth:`Sharing.push` — after the layers, every layer of the chain the remote lacks,
   in order, unless it carries a secret or stands on one that does.
+- :meth:`Sharing.fill_base` / :meth:`Sharing.push_base` — the base image when it was
+  downloaded or bootstrapped (a local ``file:`` source is the user's own): keyed by its
+  checksum or bootstrap recipe (:func:`~imgsmith.cache.remote.base_entry_key`), pulled
+  before a download or a bootstrap is started, pushed after one.
 
 :meth:`Sharing.annotate` decides the same before any work, for the plan: per layer
 ``local``, ``remote`` or ``build``, and whether it will be pushed.
@@ -19,14 +23,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .buildplan import BuildPlan, PlannedLayer
-from .cache.remote import RemoteCache, RemoteEntry, RemoteError
+from .buildplan import BaseKey, BuildPlan, PlannedLayer
+from .cache.remote import RemoteCache, RemoteEntry, RemoteError, base_entry_key
 from .cache.store import LayerStore
-from .events import Message, Sink, Warn
+from .events import Message, Progress, Sink, Warn
 from .host.files import atomic_write, sha256_file
+from .source.checksum import Checksum, file_digest
 
 __all__ = ["Sharing", "carries_secret", "reuse_local", "trusted_digest"]
 
@@ -230,6 +236,59 @@ class Sharing:
         pushed.append(layer.key)
         emit(Message(f"layer {layer.index} {layer.name}: pushed {layer.key[:12]} to {self.remote.name}"))
         return True
+
+
+    # base images
+
+    def fill_base(self, base: BaseKey, dest: Path, emit: Sink, expected: Checksum | None = None) -> bool:
+        """Write the remote's copy of the base image to *dest*, checked (blob sha256, then *expected*); True if so."""
+        where = f"base image {base.origin}"
+        entry, why = self._lookup(base_entry_key(base.key))
+        if entry is None:
+            if why:
+                emit(Warn(f"{where}: the remote copy is refused: {why}; fetching it"))
+            return False
+        try:
+            problem = self.remote.fetch(entry, dest, _byte_progress("base image", entry.size, emit))
+        except RemoteError as exc:
+            problem = str(exc)
+        if problem is None and expected is not None and file_digest(dest, expected.algo) != expected.hexdigest:
+            problem = f"its bytes do not match the definition's {expected.algo} checksum"
+        if problem is not None:
+            dest.unlink(missing_ok=True)
+            emit(Warn(f"{where}: the remote copy is refused: {problem}; fetching it"))
+            return False
+        emit(Message(f"{where}: pulled {entry.size} bytes from {self.remote.name}"))
+        return True
+
+    def push_base(self, base: BaseKey, path: Path, emit: Sink) -> bool:
+        """Push the base image unless the remote holds it (or pushing is off); True when pushed."""
+        if not self.remote.push_enabled:
+            return False
+        key = base_entry_key(base.key)
+        try:
+            entry, why = self.remote.lookup(key)
+            if entry is not None or why is not None:
+                return False
+            digest = "sha256:" + trusted_digest(path, self.cache / "base-digests.json")
+            meta = {"kind": "base", "base": base.key, "origin": base.origin, "filename": path.name}
+            _, won = self.remote.put(key, path, digest, parent={}, meta=meta)
+        except RemoteError as exc:
+            emit(Warn(f"pushing the base image to the remote cache failed: {exc}"))
+            return False
+        if won:
+            emit(Message(f"base image {base.origin}: pushed to {self.remote.name}"))
+        return won
+
+
+def _byte_progress(label: str, total: int, emit: Sink) -> Callable[[int], None]:
+    """A download callback (bytes of one chunk) that emits Progress with the running count."""
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        emit(Progress(label, 100.0 * done[0] / total if total else 0.0, done[0], total or None))
+    return step
 
 
 class _Refused(Exception):

@@ -19,6 +19,7 @@ sha256), and a host pulls it only onto a parent with exactly those bytes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -34,10 +35,19 @@ from .backends import Backend, RemoteError, open_backend
 from .config import RemoteSettings
 from .signing import Signer, TrustedKeys
 
-__all__ = ["ENTRY_VERSION", "RemoteCache", "RemoteEntry", "RemoteError"]
+__all__ = ["ENTRY_VERSION", "RemoteCache", "RemoteEntry", "RemoteError", "base_entry_key"]
 
 ENTRY_VERSION = 1
 NORMAL_BACKING = "imgsmith-parent"
+
+
+def base_entry_key(base_key: str) -> str:
+    """The remote key of a base image: a hash of its plan key (``sha512:…``, ``bootstrap:NAME``).
+
+    Base images live among the layers (same blobs, same signed entries, same listing),
+    under a key of their own namespace so no layer key can ever collide with one.
+    """
+    return hashlib.sha256(f"imgsmith-base-v1\0{base_key}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -65,9 +75,14 @@ class RemoteEntry:
                    str(doc["signer"]) if doc.get("signer") else None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "blob": self.blob, "size": self.size, "created": self.created,
+        return {"key": self.key, "kind": self.kind, "blob": self.blob, "size": self.size, "created": self.created,
                 "parent": self.parent, "definition": self.meta.get("definition"),
-                "layer": self.meta.get("layer"), "signer": self.signer}
+                "layer": self.meta.get("layer"), "base": self.meta.get("base"), "signer": self.signer}
+
+    @property
+    def kind(self) -> str:
+        """``layer``, or ``base`` for a base image (see :func:`base_entry_key`)."""
+        return "base" if self.meta.get("kind") == "base" else "layer"
 
 
 class RemoteCache:
@@ -130,9 +145,14 @@ class RemoteCache:
              work: Path) -> tuple[str, bool]:
         """Upload *layer* as *key*: blob first, signed entry last. (blob digest, whether our entry won)."""
         with self.normalized(layer, parent_fmt, work) as (copy, digest):
-            size = copy.stat().st_size
-            if not self.backend.has_blob(digest):
-                self.backend.put_blob(digest, copy)
+            return self.put(key, copy, digest, parent=parent, meta=meta)
+
+    def put(self, key: str, path: Path, digest: str, *, parent: dict[str, str], meta: dict[str, Any]
+            ) -> tuple[str, bool]:
+        """Upload the file *path* (sha256 *digest*) as *key* unchanged: blob first, signed entry last."""
+        size = path.stat().st_size
+        if not self.backend.has_blob(digest):
+            self.backend.put_blob(digest, path)
         doc: dict[str, Any] = {"v": ENTRY_VERSION, "key": key, "blob": digest, "size": size,
                                "created": self.clock(), "parent": parent, "meta": meta}
         if self.signer is not None:

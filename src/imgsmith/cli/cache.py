@@ -249,8 +249,9 @@ def _ls_remote(args: argparse.Namespace) -> int:
         if e is None:
             print(f"{key[:12]}  refused: {why}")
         else:
-            print(f"{key[:12]}  {format_size(e.size)}  {_age(now - e.created)}  {e.meta.get('definition') or '-'}"
-                  f"  {e.meta.get('layer') or '-'}  signer {e.signer or 'none'}")
+            what = (f"base {e.meta.get('origin') or e.meta.get('base')}" if e.kind == "base" else
+                    f"{e.meta.get('definition') or '-'}  {e.meta.get('layer') or '-'}")
+            print(f"{key[:12]}  {format_size(e.size)}  {_age(now - e.created)}  {what}  signer {e.signer or 'none'}")
     print(f"{len(rows)} layer{'s' if len(rows) != 1 else ''} in {remote.name}")
     return 0
 
