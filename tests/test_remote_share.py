@@ -100,3 +100,45 @@ def test_a_downloaded_base_image_is_shared_so_host_b_does_not_download_it(
     assert len(pulled) == 1 and sha256_file(pulled[0]) == checksum[7:]
     r = b.run("cache", "ls", "--remote")
     assert f"base {url}/debian12.qcow2" in r.stdout, r.stdout
+
+
+# --- missing ancestors: pulled in parallel, with progress, each blob checked -----------------------
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_missing_layers_are_downloaded_in_parallel_with_progress_before_the_layers_run(
+        farm: tuple[Host, Host, str, str], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from imgsmith.cache.config import load_settings
+    from imgsmith.definition import load_definition
+    from imgsmith.events import Event, Progress, StageStarted
+    from imgsmith.pipeline import BuildOptions, build
+    a, b, _, _ = farm
+    cold, _ = a.build("out")
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("IMGSMITH_CACHE", b.env["IMGSMITH_CACHE"])
+    threads: dict[str, set[str]] = {}
+    events: list[Event] = []
+
+    def sink(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, Progress) and event.label.startswith("layer"):
+            threads.setdefault(event.label, set()).add(threading.current_thread().name)
+
+    settings = load_settings(env=b.env)
+    assert settings is not None
+    options = BuildOptions(output_dir=b.root / "out", cache_dir=b.root / "cache", remote=settings, trust_image=True)
+    result = build(load_definition(b.project / "farm.yaml"), options, sink)
+    assert result.sessions == 0
+    stages = [str(e) for e in events if isinstance(e, StageStarted)]
+    assert stages[0] == f"pull: 3 layer(s) in parallel from {settings.url}", stages  # a file: source has no stage
+    assert [s.split(":")[0] for s in stages if s.startswith("layer")] == ["layer 1/3 base-config", "layer 2/3 app",
+                                                                         "layer 3/3 last"]
+    assert all(s.endswith(f"pulled from {settings.url}") for s in stages if s.startswith("layer")), stages
+    # one progress row per layer, each counted in bytes up to the entry's size, off the main thread
+    last = {e.label: e for e in events if isinstance(e, Progress) and e.label.startswith("layer")}
+    assert sorted(last) == ["layer 1 base-config", "layer 2 app", "layer 3 last"]
+    assert all(p.done == p.total and p.total and p.pct == 100.0 for p in last.values()), last
+    assert "MainThread" not in set().union(*threads.values()), threads  # the downloads run in the pool
+    assert _outputs({"outputs": [{"path": os.fspath(r.path)} for r in result.outputs]}) == _outputs(cold)
+    assert not list((b.root / "cache" / "layers").glob(".pull-*"))  # every prefetched blob was adopted

@@ -281,6 +281,16 @@ def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, ti
     return outcomes
 
 
+def _pull(sharing: Sharing, plan: BuildPlan, emit: Sink, timings: dict[str, float]) -> None:
+    """The layers the plan takes from the remote, downloaded in parallel (each checked) before the layers run."""
+    wanted = [x for x in plan.layers if x.source == "remote" and not x.cached]
+    if not wanted:
+        return
+    started = StageStarted(StageKind.PULL, f"{len(wanted)} layer(s) in parallel from {sharing.remote.name}")
+    with _stage(emit, started, timings, "pull"):
+        sharing.prefetch(plan, emit)
+
+
 def _push(sharing: Sharing, plan: BuildPlan, layers: list[LayerOutcome], base: tuple[Path, str], *, emit: Sink,
           timings: dict[str, float]) -> None:
     """Layers the remote lacks go up after they are published here (sharing.py says which may)."""
@@ -336,8 +346,14 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     base = _fetch_base(loaded, cache, the_plan.base, emit, sharing)
     timings["source"] = time.monotonic() - t
     result = BuildResult(the_plan, timings=timings)
-    result.layers = _layers(the_plan, base, store, emit, timings=timings, no_cache=options.no_cache,
-                            sharing=sharing)
+    try:
+        if sharing is not None:
+            _pull(sharing, the_plan, emit, timings)
+        result.layers = _layers(the_plan, base, store, emit, timings=timings, no_cache=options.no_cache,
+                                sharing=sharing)
+    finally:
+        if sharing is not None:
+            sharing.close()
     if sharing is not None:
         _push(sharing, the_plan, result.layers, (base.path, base.format), emit=emit, timings=timings)
     final = (result.layers[-1].path, "qcow2") if result.layers else (base.path, base.format)

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .buildplan import BaseKey, BuildPlan, PlannedLayer
 from .cache.remote import RemoteCache, RemoteEntry, RemoteError, base_entry_key
-from .cache.store import LayerStore
-from .events import Message, Progress, Sink, Warn
+from .cache.store import PULL_PREFIX, LayerStore
+from .events import Event, Message, Progress, Sink, Warn
 from .host.files import atomic_write, sha256_file
 from .source.checksum import Checksum, file_digest
 
@@ -88,11 +90,14 @@ _SHARED_META = ("definition", "layer", "parent_key", "token", "backend", "guest"
 class Sharing:
     """One build's use of the remote cache (see the module docstring); *cache* is the cache root."""
 
-    def __init__(self, store: LayerStore, remote: RemoteCache, cache: Path) -> None:
+    def __init__(self, store: LayerStore, remote: RemoteCache, cache: Path, *, workers: int = 4) -> None:
         self.store = store
         self.remote = remote
         self.cache = cache
+        self.workers = workers  # parallel downloads of a build's missing layers (prefetch)
         self.refusals: list[str] = []  # one line per remote entry the plan refused, for the build to say
+        self._planned: dict[str, RemoteEntry] = {}  # the entries the plan chose, by layer key
+        self._fetched: dict[str, tuple[Path, str | None]] = {}  # prefetched blobs: (file, why it is refused)
 
     def _lookup(self, key: str) -> tuple[RemoteEntry | None, str | None]:
         try:
@@ -113,6 +118,7 @@ class Sharing:
             parent_source = layer.source
             if entry is not None:
                 parent_blob = entry.blob
+                self._planned[layer.key] = entry
             else:
                 meta = self.store.meta(layer.key) if layer.source == "local" else None
                 parent_blob = str(meta["blob"]) if meta and meta.get("blob") else None
@@ -158,9 +164,59 @@ class Sharing:
         blob = meta.get("blob") if meta else None
         return {"key": layer.parent_key, "blob": str(blob)} if blob else None
 
+    def prefetch(self, plan: BuildPlan, emit: Sink) -> int:
+        """Download the blobs of every layer the plan pulls, in parallel, each checked; how many were asked.
+
+        Each layer's download is a Progress row of its own (label ``layer N NAME``, bytes
+        done and total). A blob whose bytes are not its entry's is kept out (its refusal
+        is said when the layer is pulled, and the layer is built). The files wait in the
+        layer store's root until :meth:`pull` adopts them; :meth:`close` removes the rest.
+        """
+        todo = [(x, self._planned[x.key]) for x in plan.layers
+                if x.source == "remote" and x.key in self._planned and self.store.get(x.key) is None]
+        if not todo:
+            return 0
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        lock = threading.Lock()
+
+        def locked(event: Event) -> None:  # the sink is called from the pool's threads
+            with lock:
+                emit(event)
+
+        def one(layer: PlannedLayer, entry: RemoteEntry) -> tuple[str, tuple[Path, str | None]]:
+            dest = self.store.root / f"{PULL_PREFIX}{layer.key}-{os.getpid()}"
+            try:
+                problem = self.remote.fetch(entry, dest, _byte_progress(f"layer {layer.index} {layer.name}",
+                                                                        entry.size, locked))
+            except (RemoteError, OSError) as exc:
+                dest.unlink(missing_ok=True)
+                problem = str(exc)
+            return layer.key, (dest, problem)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo))),
+                                thread_name_prefix="imgsmith-pull") as pool:
+            self._fetched.update(pool.map(lambda x: one(*x), todo))
+        return len(todo)
+
+    def close(self) -> None:
+        """Remove prefetched blobs no layer adopted (a build that stopped early)."""
+        for path, _ in self._fetched.values():
+            path.unlink(missing_ok=True)
+        self._fetched.clear()
+
+    def _fill(self, entry: RemoteEntry, dest: Path) -> str | None:
+        """Put *entry*'s checked blob at *dest*: the prefetched file, else a download now; why not, or None."""
+        fetched = self._fetched.pop(entry.key, None)
+        if fetched is None:
+            return self.remote.fetch(entry, dest)
+        path, problem = fetched
+        if problem is None:
+            os.replace(path, dest)
+        return problem
+
     def pull(self, layer: PlannedLayer, parent: tuple[Path, str], emit: Sink) -> Path | None:
         """The layer from the remote, verified and rebased onto *parent*; None (said once) to build it."""
-        entry, why = self._lookup(layer.key)
+        entry, why = (self._planned[layer.key], None) if layer.key in self._planned else self._lookup(layer.key)
         where = f"layer {layer.index} {layer.name}: remote layer {layer.key[:12]}"
         if entry is None:
             emit(Warn(f"{where} refused: {why}; building it") if why else
@@ -176,7 +232,7 @@ class Sharing:
         refused: list[str] = []
 
         def fill(dest: Path) -> None:
-            problem = self.remote.fetch(entry, dest)
+            problem = self._fill(entry, dest)
             if problem is not None:
                 refused.append(problem)
                 raise _Refused(problem)
