@@ -13,7 +13,10 @@ import http.server
 import json
 import os
 import shutil
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import pytest
 from guests import guest_image, read_files, sha256_file  # noqa: F401 - read_files: later tests
 from test_remote_cache import (  # noqa: F401 - fixtures used by name
     DEFINITION,
+    IMGSMITH,
     ROOT_ONLY,
     S3_ENV,
     Host,
@@ -142,3 +146,123 @@ def test_missing_layers_are_downloaded_in_parallel_with_progress_before_the_laye
     assert "MainThread" not in set().union(*threads.values()), threads  # the downloads run in the pool
     assert _outputs({"outputs": [{"path": os.fspath(r.path)} for r in result.outputs]}) == _outputs(cold)
     assert not list((b.root / "cache" / "layers").glob(".pull-*"))  # every prefetched blob was adopted
+
+
+# --- a push killed mid-upload --------------------------------------------------------------------
+
+class _SlowBlobProxy:
+    """A TCP relay to *upstream* on 127.0.0.1 that slows the Nth blob upload and says when it is under way.
+
+    The build talks to the S3 server through it; the test kills the build (SIGKILL) while
+    the relay is in the middle of passing a layer blob's bytes on.
+    """
+
+    def __init__(self, upstream: int, *, nth: int, after: int = 16384) -> None:
+        import socket
+        self.upstream, self.nth, self.after = upstream, nth, after
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.uploading = threading.Event()
+        self.blob_puts = 0
+        self.sockets: list[Any] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            with self.lock:
+                self.sockets += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any, upload: bool) -> None:
+        slow, sent = False, 0
+        with contextlib.suppress(OSError):
+            while data := src.recv(8192):
+                if upload and data.startswith(b"PUT ") and b"/blobs/sha256/" in data.split(b"\r\n", 1)[0]:
+                    with self.lock:
+                        self.blob_puts += 1
+                        slow = self.blob_puts == self.nth
+                if slow:
+                    time.sleep(0.05)
+                    sent += len(data)
+                    if sent >= self.after:
+                        self.uploading.set()
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(1)
+
+    def close(self) -> None:
+        self.listener.close()
+        with self.lock:
+            for sock in self.sockets:
+                sock.close()
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_a_push_killed_mid_upload_leaves_no_entry_and_the_next_push_completes(
+        moto_server: str, project: Path, tmp_path: Path) -> None:  # noqa: F811
+    bucket = _bucket(moto_server, "killed")
+    url = f"s3://{bucket}/layers?endpoint={moto_server}"
+    private, public = _keys(tmp_path, "builders")
+    a = Host(tmp_path / "host-a", project, url, signing=private, trusted=[public])
+    b = Host(tmp_path / "host-b", project, url, signing=None, trusted=[public])
+    proxy = _SlowBlobProxy(int(moto_server.rsplit(":", 1)[1]), nth=2)  # layer 2's blob
+    slow = f"s3://{bucket}/layers?endpoint=http://127.0.0.1:{proxy.port}"
+    build = subprocess.Popen([*IMGSMITH, "build", "farm.yaml", "-o", str(a.root / "out"), "--trust-image",
+                              "--cache-remote", slow], cwd=project, env=a.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert proxy.uploading.wait(300), "the second blob upload never started"
+        build.kill()  # SIGKILL, in the middle of layer 2's blob
+        build.wait(30)
+    finally:
+        if build.poll() is None:
+            build.kill()
+        proxy.close()
+    assert build.returncode == -signal.SIGKILL
+    cold = json.loads(a.run("build", "farm.yaml", "-o", str(a.root / "dry"), "--dry-run", "--json",
+                            "--trust-image").stdout)
+    keys = [str(x["key"]) for x in cold["layers"]]
+    # a reader sees layer 1's entry only: no entry names a blob that is not all there
+    listed = json.loads(b.run("cache", "ls", "--remote", "--json").stdout)["layers"]
+    assert [x["key"] for x in listed] == [keys[0]], listed
+    import boto3
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    blobs = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="layers/blobs/").get("Contents", [])]
+    assert blobs == [f"layers/blobs/sha256/{listed[0]['blob'][7:]}"], blobs  # the half-sent blob is not there
+    r = b.run("build", "farm.yaml", "-o", str(b.root / "dry"), "--dry-run", "--json", "--trust-image")
+    assert [x["source"] for x in json.loads(r.stdout)["layers"]] == ["remote", "build", "build"], r.stdout
+    # the next push (host A again, whose layers are all here) completes, and host B builds nothing
+    again, _ = a.build("out")
+    assert again["sessions"] == 0
+    assert not list(a.layers().glob(".push-*"))  # the killed push's copy is swept
+    assert len(json.loads(b.run("cache", "ls", "--remote", "--json").stdout)["layers"]) == 3
+    r = b.run("cache", "verify", "--remote")
+    assert r.returncode == 0 and "3 of 3 remote entries verified" in r.stdout, r.stdout
+    warm, _ = b.build("out")
+    assert warm["sessions"] == 0
+
+
+def test_an_entry_is_written_once(moto_server: str, registry: tuple[str, Path], tmp_path: Path) -> None:  # noqa: F811
+    from imgsmith.cache.backends import open_backend
+    from imgsmith.cache.config import parse_remote_url
+    os.environ.update(S3_ENV)
+    data = tmp_path / "blob"
+    data.write_bytes(b"layer bytes")
+    blob = "sha256:" + sha256_file(data)
+    for url in (f"s3://{_bucket(moto_server, 'once')}/p?endpoint={moto_server}", f"oci://{registry[0]}/once/x"):
+        backend = open_backend(parse_remote_url(url))
+        key = "a" * 64
+        backend.put_blob(blob, data)
+        assert backend.put_entry(key, b'{"first": 1}', blob, 1) is True
+        assert backend.put_entry(key, b'{"second": 2}', blob, 1) is False
+        assert backend.get_entry(key) == b'{"first": 1}', url

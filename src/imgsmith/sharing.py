@@ -31,7 +31,7 @@ from typing import Any
 
 from .buildplan import BaseKey, BuildPlan, PlannedLayer
 from .cache.remote import RemoteCache, RemoteEntry, RemoteError, base_entry_key
-from .cache.store import PULL_PREFIX, LayerStore
+from .cache.store import PULL_PREFIX, PUSH_PREFIX, LayerStore
 from .events import Event, Message, Progress, Sink, Warn
 from .host.files import atomic_write, sha256_file
 from .source.checksum import Checksum, file_digest
@@ -255,6 +255,7 @@ class Sharing:
         """Push the chain's layers the remote lacks, in order; the keys pushed. Failures are one Warn."""
         pushed: list[str] = []
         parent_fmt = base[1]
+        self.store.sweep()  # a push killed earlier left its copy of a layer
         try:
             for layer, path in layers:
                 if layer.share != "push":
@@ -281,7 +282,7 @@ class Sharing:
         if identity is None:
             return False
         shared: dict[str, Any] = {k: meta[k] for k in _SHARED_META if k in meta}
-        work = self.store.root / f".push-{layer.key}-{os.getpid()}"
+        work = self.store.root / f"{PUSH_PREFIX}{layer.key}-{os.getpid()}"
         blob, won = self.remote.push(layer.key, path, parent_fmt, parent=identity, meta=shared, work=work)
         if not won:
             entry, _ = self.remote.lookup(layer.key)

@@ -12,8 +12,9 @@ whole blob is: a push killed mid-upload leaves at most an unreferenced blob, whi
 - **OCI registries** (``oci://registry[:port]/repository``), through the distribution
   HTTP API: the layer is a blob, the entry is the config blob of an OCI image manifest
   tagged with the key (ORAS-style artifact: media types below). The manifest is put
-  last; a registry has no conditional put, so a tag written twice keeps the last
-  writer's manifest, whose blobs are complete too.
+  last, and only when the tag is absent; a registry has no conditional put, so two
+  writers racing between that check and the put leave the last writer's manifest,
+  whose blobs are complete too.
 """
 
 from __future__ import annotations
@@ -232,6 +233,10 @@ class OciBackend:
         done.close()
 
     def put_entry(self, key: str, data: bytes, blob: str, size: int) -> bool:
+        # No conditional put in the distribution API: look first, so an entry is written once unless two
+        # hosts race inside this window; then the tag keeps the last writer's manifest (complete blobs too).
+        if self._manifest(key) is not None:
+            return False
         config = "sha256:" + hashlib.sha256(data).hexdigest()
         self._upload(config, data, len(data))
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "artifactType": ARTIFACT_TYPE,
