@@ -266,3 +266,38 @@ def test_an_entry_is_written_once(moto_server: str, registry: tuple[str, Path], 
         assert backend.put_entry(key, b'{"first": 1}', blob, 1) is True
         assert backend.put_entry(key, b'{"second": 2}', blob, 1) is False
         assert backend.get_entry(key) == b'{"first": 1}', url
+
+
+# --- pushing without a signing key ---------------------------------------------------------------
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_without_a_signing_key_entries_go_up_unsigned_and_readers_refuse_them_unless_told(
+        moto_server: str, project: Path, tmp_path: Path) -> None:  # noqa: F811
+    url = f"s3://{_bucket(moto_server, 'unsigned')}/layers?endpoint={moto_server}"
+    _, public = _keys(tmp_path, "builders")
+    u = Host(tmp_path / "host-u", project, url, signing=None, trusted=[])
+    r = u.run("build", "farm.yaml", "-o", str(u.root / "out"), "--dry-run", "--trust-image")
+    assert r.returncode == 0 and r.stdout.count(
+        "(pushed unsigned: no signing-key is configured (readers need --cache-trust-unsigned))") == 0, r.stdout
+    r = u.run("build", "farm.yaml", "-o", str(u.root / "out"), "--dry-run", "--trust-image", "--cache-push")
+    assert r.stdout.count("(pushed unsigned: no signing-key is configured (readers need --cache-trust-unsigned))"
+                          ) == 3, r.stdout
+    cold, stderr = u.build("out", "--cache-push")
+    assert [line for line in stderr.splitlines() if "unsigned" in line] == [
+        f"imgsmith: warning: pushing unsigned entries to {url}: no signing-key is configured; other hosts use them "
+        "only with --cache-trust-unsigned"]
+    listed = json.loads(u.run("cache", "ls", "--remote", "--json", "--cache-trust-unsigned").stdout)["layers"]
+    assert len(listed) == 3 and all(x["signer"] is None for x in listed), listed
+    # a host that trusts the team's key refuses them, in one line, and builds
+    b = Host(tmp_path / "host-b", project, url, signing=None, trusted=[public])
+    warm, stderr = b.build("out")
+    assert _warnings(stderr) == [
+        f"imgsmith: warning: layer 1 base-config: remote layer {cold['layers'][0]['key'][:12]} refused: the entry is "
+        "not signed (trusted-keys in the config; --cache-trust-unsigned accepts it anyway); building it"], stderr
+    assert warm["sessions"] == 3
+    # told to, a host uses them
+    c = Host(tmp_path / "host-c", project, url, signing=None, trusted=[public])
+    trusting, stderr = c.build("out", "--cache-trust-unsigned")
+    assert trusting["sessions"] == 0 and not _warnings(stderr)
+    assert _outputs(trusting) == _outputs(cold)

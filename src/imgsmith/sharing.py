@@ -98,6 +98,7 @@ class Sharing:
         self.refusals: list[str] = []  # one line per remote entry the plan refused, for the build to say
         self._planned: dict[str, RemoteEntry] = {}  # the entries the plan chose, by layer key
         self._fetched: dict[str, tuple[Path, str | None]] = {}  # prefetched blobs: (file, why it is refused)
+        self._said_unsigned = False
 
     def _lookup(self, key: str) -> tuple[RemoteEntry | None, str | None]:
         try:
@@ -152,6 +153,8 @@ class Sharing:
             return "not pushed: it is built on a layer that carries a secret"
         if not self.remote.push_enabled:
             return "not pushed: pushing is off (--cache-push, or push = true in the config)"
+        if self.remote.signer is None:
+            return "pushed unsigned: no signing-key is configured (readers need --cache-trust-unsigned)"
         return "push"
 
     # pulling
@@ -258,7 +261,7 @@ class Sharing:
         self.store.sweep()  # a push killed earlier left its copy of a layer
         try:
             for layer, path in layers:
-                if layer.share != "push":
+                if not (layer.share or "").startswith("push"):
                     break
                 if not self._push_one(layer, path, parent_fmt, base=base, emit=emit, pushed=pushed):
                     break
@@ -266,6 +269,13 @@ class Sharing:
         except RemoteError as exc:
             emit(Warn(f"pushing to the remote cache failed: {exc}"))
         return pushed
+
+    def _unsigned(self, emit: Sink) -> None:
+        """Say once per build that what goes up is unsigned (push without a signing key: docs/build.md)."""
+        if self.remote.signer is None and not self._said_unsigned:
+            self._said_unsigned = True
+            emit(Warn(f"pushing unsigned entries to {self.remote.name}: no signing-key is configured; other hosts "
+                      "use them only with --cache-trust-unsigned"))
 
     def _push_one(self, layer: PlannedLayer, path: Path, parent_fmt: str, *, base: tuple[Path, str], emit: Sink,
                   pushed: list[str]) -> bool:
@@ -282,6 +292,7 @@ class Sharing:
         if identity is None:
             return False
         shared: dict[str, Any] = {k: meta[k] for k in _SHARED_META if k in meta}
+        self._unsigned(emit)
         work = self.store.root / f"{PUSH_PREFIX}{layer.key}-{os.getpid()}"
         blob, won = self.remote.push(layer.key, path, parent_fmt, parent=identity, meta=shared, work=work)
         if not won:
@@ -329,6 +340,7 @@ class Sharing:
                 return False
             digest = "sha256:" + trusted_digest(path, self.cache / "base-digests.json")
             meta = {"kind": "base", "base": base.key, "origin": base.origin, "filename": path.name}
+            self._unsigned(emit)
             _, won = self.remote.put(key, path, digest, parent={}, meta=meta)
         except RemoteError as exc:
             emit(Warn(f"pushing the base image to the remote cache failed: {exc}"))
