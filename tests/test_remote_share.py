@@ -301,3 +301,71 @@ def test_without_a_signing_key_entries_go_up_unsigned_and_readers_refuse_them_un
     trusting, stderr = c.build("out", "--cache-trust-unsigned")
     assert trusting["sessions"] == 0 and not _warnings(stderr)
     assert _outputs(trusting) == _outputs(cold)
+
+
+# --- pull-only against no-push; pruning the remote -----------------------------------------------
+
+def _objects(s3: Any, bucket: str) -> dict[str, tuple[str, float]]:
+    """Every object in the bucket: name, then (ETag, LastModified): any write shows up here."""
+    found = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: (o["ETag"], o["LastModified"].timestamp()) for o in found}
+
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_pull_only_writes_nothing_no_push_records_use_and_prune_goes_by_use_and_removes_orphan_blobs(
+        moto_server: str, project: Path, tmp_path: Path) -> None:  # noqa: F811
+    import boto3
+
+    from imgsmith.cache.signing import Signer
+    bucket = _bucket(moto_server, "pullonly")
+    url = f"s3://{bucket}/layers?endpoint={moto_server}"
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    private, public = _keys(tmp_path, "builders")
+    a = Host(tmp_path / "host-a", project, url, signing=private, trusted=[public])
+    cold, _ = a.build("out")
+    keys = [str(x["key"]) for x in cold["layers"]]
+    before = _objects(s3, bucket)
+    (project / "farm-two.yaml").write_text(DEFINITION.format(last="two"))
+    # pull-only, though this host holds the signing key: it pulls two layers, builds one, writes nothing
+    p = Host(tmp_path / "host-p", project, url, signing=private, trusted=[public])
+    r = p.run("build", "farm-two.yaml", "-o", str(p.root / "out"), "--cache-pull-only", "--cache-push")
+    assert r.returncode == 2 and "--cache-push: this host is pull-only" in r.stderr, r.stderr
+    pulled, _ = p.build("out", "--cache-pull-only", definition="farm-two.yaml")
+    assert [x["source"] for x in pulled["layers"]] == ["remote", "remote", "build"]
+    assert _objects(s3, bucket) == before  # not one object written or rewritten
+    # in the config, pull-only makes the host read-only for every command
+    (p.root / "config.toml").write_text((p.root / "config.toml").read_text() + "pull-only = true\n")
+    r = p.run("cache", "prune", "--remote", "--all")
+    assert r.returncode == 2 and "this host is pull-only" in r.stderr, r.stderr
+    assert _objects(s3, bucket) == before
+    # no push: nothing goes up, but the pulls are recorded as uses
+    n = Host(tmp_path / "host-n", project, url, signing=private, trusted=[public])
+    built, _ = n.build("out", "--no-cache-push", definition="farm-two.yaml")
+    assert [x["source"] for x in built["layers"]] == ["remote", "remote", "build"]
+    after = _objects(s3, bucket)
+    assert sorted(set(after) - set(before)) == sorted(f"layers/used/{k}" for k in keys[:2])
+    # prune by use: layers 1 and 3 made three days ago, layer 1 used just now
+    signer = Signer.load(private)
+    for key in (keys[0], keys[2]):
+        doc = json.loads(s3.get_object(Bucket=bucket, Key=f"layers/entries/{key}.json")["Body"].read())
+        doc["created"] -= 3 * 86400
+        s3.put_object(Bucket=bucket, Key=f"layers/entries/{key}.json", Body=json.dumps(signer.sign(doc)).encode())
+    stray = tmp_path / "stray"
+    stray.write_bytes(b"a blob whose entry never came")
+    s3.upload_file(str(stray), bucket, f"layers/blobs/sha256/{sha256_file(stray)}")
+    r = a.run("cache", "prune", "--remote", "--older-than", "1d", "--json")
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout)
+    third = json.loads(s3.get_object(Bucket=bucket, Key=f"layers/entries/{keys[0]}.json")["Body"].read())
+    assert [e["key"] for e in done["removed"]] == [keys[2]]
+    left = _objects(s3, bucket)
+    assert f"layers/entries/{keys[2]}.json" not in left and f"layers/entries/{keys[0]}.json" in left
+    assert len(done["blobs"]) == 1 and f"layers/blobs/sha256/{done['blobs'][0][7:]}" not in left  # layer 3's
+    assert f"layers/blobs/sha256/{sha256_file(stray)}" in left  # unreferenced but new: maybe a push under way
+    assert f"layers/blobs/sha256/{third['blob'][7:]}" in left
+    r = a.run("cache", "prune", "--remote", "--all")
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == (
+        f"removed 2 remote entries and 3 unreferenced blobs from {url}"), r.stdout
+    assert _objects(s3, bucket) == {}

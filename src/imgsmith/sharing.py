@@ -249,6 +249,7 @@ class Sharing:
             emit(Warn(f"{where}: {exc}; building it"))
             return None
         emit(Message(f"{where}: pulled {entry.size} bytes from {self.remote.name}"))
+        self.remote.touch(layer.key)
         return path
 
     # pushing
@@ -327,6 +328,7 @@ class Sharing:
             emit(Warn(f"{where}: the remote copy is refused: {problem}; fetching it"))
             return False
         emit(Message(f"{where}: pulled {entry.size} bytes from {self.remote.name}"))
+        self.remote.touch(entry.key)
         return True
 
     def push_base(self, base: BaseKey, path: Path, emit: Sink) -> bool:

@@ -174,20 +174,52 @@ class RemoteCache:
         finally:
             (work / f"{entry.key}.qcow2").unlink(missing_ok=True)
 
-    def prune(self, *, older_than: float | None, dry_run: bool = False) -> list[RemoteEntry]:
-        """Remove entries created more than *older_than* seconds ago (None: all), then unreferenced blobs.
+    def touch(self, key: str) -> None:
+        """Record that this host used *key* (not on a pull-only host: it never writes); failures are ignored."""
+        if self.settings.pull_only:
+            return
+        with contextlib.suppress(RemoteError):
+            self.backend.touch(key)
 
-        Entries this host refuses are left alone: they may be another team's.
+    def prune(self, *, older_than: float | None, dry_run: bool = False) -> tuple[list[RemoteEntry], list[str]]:
+        """Remove entries neither created nor used for *older_than* seconds (None: all), then unreferenced blobs.
+
+        Entries this host refuses are left alone (they may be another team's), and so are
+        the blobs they name. The blob of an entry removed here goes when no other entry
+        names it; any other blob no entry names (a push killed between its blob and its
+        entry) once it is older than the cutoff, since a push in progress uploads its blob
+        just before its entry. Returns the
+        entries and the blobs removed (or, dry, to be removed).
         """
-        cutoff = None if older_than is None else self.clock() - older_than
-        chosen = [e for _, e, _ in self.entries() if e is not None and (cutoff is None or e.created < cutoff)]
+        now = self.clock()
+        cutoff = None if older_than is None else now - older_than
+        used = self.backend.used()
+        rows = self.entries()
+        chosen = [e for _, e, _ in rows if e is not None
+                  and (cutoff is None or max(e.created, used.get(e.key, 0.0)) < cutoff)]
+        gone = {e.key for e in chosen}
+        referenced = {blob for key, blob in self._named_blobs().items() if key not in gone}
+        blobs = self.backend.blobs()
+        freed = {e.blob for e in chosen}
+        orphans = sorted(d for d, written in blobs.items()
+                         if d not in referenced and (d in freed or cutoff is None or written < cutoff))
         if dry_run:
-            return chosen
+            return chosen, orphans
         for e in chosen:
             self.backend.delete_entry(e.key)
-        referenced = {e.blob for _, e, _ in self.entries() if e is not None}
-        for e in chosen:
-            if e.blob not in referenced:
-                with contextlib.suppress(RemoteError):
-                    self.backend.delete_blob(e.blob)
-        return chosen
+        for digest in orphans:
+            with contextlib.suppress(RemoteError):
+                self.backend.delete_blob(digest)
+        self.backend.abort_uploads(now if cutoff is None else cutoff)
+        return chosen, orphans
+
+    def _named_blobs(self) -> dict[str, str]:
+        """Every entry's blob by key, refused entries included (they are not ours to orphan)."""
+        out: dict[str, str] = {}
+        for key in self.backend.list_keys():
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                raw = self.backend.get_entry(key)
+                blob = json.loads(raw or b"{}").get("blob")
+                if isinstance(blob, str):
+                    out[key] = blob
+        return out
