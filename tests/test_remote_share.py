@@ -369,3 +369,61 @@ def test_pull_only_writes_nothing_no_push_records_use_and_prune_goes_by_use_and_
     assert r.returncode == 0 and r.stdout.splitlines()[-1] == (
         f"removed 2 remote entries and 3 unreferenced blobs from {url}"), r.stdout
     assert _objects(s3, bucket) == {}
+
+
+# --- a team's shared key for secret-bearing layers -----------------------------------------------
+
+@pytest.mark.guest
+@ROOT_ONLY
+def test_hosts_with_the_team_s_shared_key_share_a_secret_layer_and_others_do_not(
+        moto_server: str, project: Path, tmp_path: Path) -> None:  # noqa: F811
+    import boto3
+    bucket = _bucket(moto_server, "shared-secret")
+    url = f"s3://{bucket}/layers?endpoint={moto_server}"
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")
+    text = DEFINITION.format(last="one").replace(
+        "{write: '/opt/app/version:1'}]", "{write: '/opt/app/version:1'}, {root-password: 'password:s3cret'}]")
+    (project / "secret.yaml").write_text(text)
+    team = tmp_path / "team-secret"
+    team.write_bytes(os.urandom(32))
+    private, public = _keys(tmp_path, "builders")
+    hosts = [Host(tmp_path / f"host-{n}", project, url, signing=private, trusted=[public]) for n in "abc"]
+    for h in hosts[:2]:
+        (h.root / "config.toml").write_text((h.root / "config.toml").read_text() + f'shared-secret-key = "{team}"\n')
+    a, b, c = hosts
+    r = a.run("build", "secret.yaml", "-o", str(a.root / "s"), "--dry-run", "--trust-image", "--json")
+    assert [x["share"] for x in json.loads(r.stdout)["layers"]] == ["push"] * 3, r.stdout
+    cold, _ = a.build("s", definition="secret.yaml")
+    keys = [str(x["key"]) for x in cold["layers"]]
+    entries = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="layers/entries/")["Contents"]}
+    assert entries == {f"layers/entries/{k}.json" for k in keys}
+    for key in keys:  # the secret is in no entry in the clear (its token holds the keyed hash only)
+        doc = s3.get_object(Bucket=bucket, Key=f"layers/entries/{key}.json")["Body"].read()
+        assert b"s3cret" not in doc
+    assert "shared-secret:" in json.dumps(json.loads(
+        s3.get_object(Bucket=bucket, Key=f"layers/entries/{keys[1]}.json")["Body"].read())["meta"]["token"])
+    # host B holds the same key: same layer keys, all pulled, the same bytes, the password set
+    warm, _ = b.build("s", definition="secret.yaml")
+    assert warm["sessions"] == 0 and [str(x["key"]) for x in warm["layers"]] == keys
+    assert _outputs(warm) == _outputs(cold)
+    shadow = read_files(b.root / "s" / "farm.raw", ["/etc/shadow"], fmt="raw")["/etc/shadow"]
+    assert shadow.startswith(b"root:$"), shadow[:20]
+    # host C has no key: its secret layer has a key of its own, is built here, and is not pushed
+    other, _ = c.build("s", definition="secret.yaml")
+    assert [str(x["key"]) for x in other["layers"]][0] == keys[0]
+    assert [x["source"] for x in other["layers"]] == ["remote", "build", "build"]
+    assert [x["share"] for x in other["layers"]][1:] == [
+        "not pushed: it carries a secret (put secrets in the last layer)",
+        "not pushed: it is built on a layer that carries a secret"]
+    after = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="layers/entries/")["Contents"]}
+    assert after == entries
+    # a key too short is refused in one line, before anything runs
+    short = tmp_path / "short"
+    short.write_bytes(b"12345")
+    r = c.run("build", "secret.yaml", "-o", str(c.root / "x"), "--dry-run", "--trust-image")
+    assert r.returncode == 0
+    c.env["IMGSMITH_CACHE_SHARED_KEY_FILE"] = str(short)
+    r = c.run("build", "secret.yaml", "-o", str(c.root / "x"), "--dry-run", "--trust-image")
+    assert r.returncode == 2 and f"shared secret key {short} (IMGSMITH_CACHE_SHARED_KEY_FILE): 5 bytes; give 32 " \
+        "or more" in r.stderr, r.stderr

@@ -54,7 +54,12 @@ def reuse_local(store: LayerStore, layer: PlannedLayer, emit: Sink) -> Path | No
 
 
 def carries_secret(token: object) -> bool:
-    """True when a layer's token holds a hashed secret (a password, a key file read as a secret)."""
+    """True when a layer's token holds a secret hashed with this host's own key (a password, a secret file).
+
+    A secret hashed with the team's shared key (``shared-secret:``, cache/config.py) does
+    not count: every host holding that key computes the same layer key, and the team
+    chose to share such layers.
+    """
     if isinstance(token, str):
         return token.startswith("secret:")
     if isinstance(token, dict):

@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import UsageError
 
-__all__ = ["RemoteSettings", "RemoteURL", "config_path", "load_settings", "parse_remote_url"]
+__all__ = ["RemoteSettings", "RemoteURL", "config_path", "load_settings", "parse_remote_url", "shared_secret_key"]
 
 
 @dataclass(frozen=True)
@@ -142,3 +142,39 @@ def load_settings(*, remote: str | None = None, push: bool | None = None, pull_o
     wanted = configured_push if push is None else push
     return RemoteSettings(url, wanted and not pull_only, signing, trusted,
                           trust_unsigned or section.get("trust-unsigned") is True, pull_only)
+
+
+SHARED_KEY_ENV = "IMGSMITH_CACHE_SHARED_KEY_FILE"
+_SHARED_KEYS: dict[tuple[str, int, int], bytes] = {}  # per process, by (path, inode, mtime)
+
+
+def shared_secret_key(env: dict[str, str] | None = None) -> bytes | None:
+    """The team's shared key for hashing secrets into layer keys, or None (each host keys its own).
+
+    Without it a secret enters a layer key through a random per-host key, so no two hosts
+    share a secret-bearing layer and such layers are never pushed. A team that wants them
+    shared gives every builder the same key file — ``$IMGSMITH_CACHE_SHARED_KEY_FILE``, else
+    ``shared-secret-key`` in ``[cache]`` — never the definition, which is shared more widely
+    than the cache. The key is 32 bytes or more (``head -c 32 /dev/urandom > FILE``, mode 0600).
+    """
+    env = dict(os.environ) if env is None else env
+    if env.get(SHARED_KEY_ENV):
+        path, where = Path(env[SHARED_KEY_ENV]).expanduser(), SHARED_KEY_ENV
+    else:
+        cfg = config_path(env)
+        section = _read_config(cfg)
+        if "shared-secret-key" not in section:
+            return None
+        path, where = _path(section["shared-secret-key"], f"{cfg}: shared-secret-key", cfg.parent), f"{cfg}"
+    try:
+        st = path.stat()
+        memo = (os.fspath(path), st.st_ino, st.st_mtime_ns)
+        if memo not in _SHARED_KEYS:
+            _SHARED_KEYS[memo] = path.read_bytes().strip()
+    except OSError as exc:
+        raise UsageError(f"shared secret key {path} ({where}): {exc.strerror or exc}") from exc
+    key = _SHARED_KEYS[memo]
+    if len(key) < 32:
+        raise UsageError(f"shared secret key {path} ({where}): {len(key)} bytes; give 32 or more "
+                         "(head -c 32 /dev/urandom > FILE)")
+    return key
