@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from guests import guest_image, read_files, sha256_file  # noqa: F401 - read_files: later tests
+from guests import guest_image, read_files, sha256_file
 from test_remote_cache import (  # noqa: F401 - fixtures used by name
     DEFINITION,
     IMGSMITH,
@@ -411,7 +411,7 @@ def test_hosts_with_the_team_s_shared_key_share_a_secret_layer_and_others_do_not
     assert shadow.startswith(b"root:$"), shadow[:20]
     # host C has no key: its secret layer has a key of its own, is built here, and is not pushed
     other, _ = c.build("s", definition="secret.yaml")
-    assert [str(x["key"]) for x in other["layers"]][0] == keys[0]
+    assert str(other["layers"][0]["key"]) == keys[0]
     assert [x["source"] for x in other["layers"]] == ["remote", "build", "build"]
     assert [x["share"] for x in other["layers"]][1:] == [
         "not pushed: it carries a secret (put secrets in the last layer)",
