@@ -364,7 +364,10 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
                                     patch=not options.no_cache)
     result.checks = _check_outputs(the_plan, result.outputs, final, emit=emit, timings=timings, enabled=options.check)
     refused = _refused(result)
-    record = _manifest(the_plan, result, facts=facts, backend=backend, accel_name=accel.detect().name)
+    # The accelerator the appliance sessions used; none ran (chroot, or every layer cached or pulled): no
+    # probe, which boots a test guest on a host that has not cached its verdict yet (a fresh CI runner).
+    accel_name = accel.detect().name if result.launches else None
+    record = _manifest(the_plan, result, facts=facts, backend=backend, accel_name=accel_name)
     with _stage(emit, StageStarted(StageKind.MANIFEST, os.fspath(out_dir / "manifest.json"))), \
             _doing(f"writing the manifest into {out_dir}"):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -384,7 +387,7 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
 
 
 def _manifest(plan: BuildPlan, result: BuildResult, *, facts: GuestFacts | None, backend: str | None,
-              accel_name: str) -> dict[str, Any]:
+              accel_name: str | None) -> dict[str, Any]:
     d = plan.definition
     outputs = []
     for r in result.outputs:

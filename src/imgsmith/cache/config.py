@@ -170,7 +170,9 @@ def shared_secret_key(env: dict[str, str] | None = None) -> bytes | None:
         st = path.stat()
         memo = (os.fspath(path), st.st_ino, st.st_mtime_ns)
         if memo not in _SHARED_KEYS:
-            _SHARED_KEYS[memo] = path.read_bytes().strip()
+            data = path.read_bytes()
+            # A text key (hex, base64) may end in a newline; random bytes are taken as they are.
+            _SHARED_KEYS[memo] = data.strip() if data.isascii() and data.strip().isalnum() else data
     except OSError as exc:
         raise UsageError(f"shared secret key {path} ({where}): {exc.strerror or exc}") from exc
     key = _SHARED_KEYS[memo]
