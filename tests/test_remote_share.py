@@ -57,7 +57,7 @@ class _Counting(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def _http(directory: Path) -> Iterator[tuple[str, list[str]]]:
+def _http(directory: Path, port: int = 0) -> Iterator[tuple[str, list[str]]]:
     """A plain HTTP server on 127.0.0.1 serving *directory*; yields (base URL, paths requested)."""
     seen: list[str] = []
 
@@ -67,7 +67,8 @@ def _http(directory: Path) -> Iterator[tuple[str, list[str]]]:
     def make(*args: Any) -> _Counting:
         return Handler(*args, directory=os.fspath(directory))
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make)
+    http.server.ThreadingHTTPServer.allow_reuse_address = True
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), make)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -80,8 +81,9 @@ def _http(directory: Path) -> Iterator[tuple[str, list[str]]]:
 @pytest.mark.guest
 @ROOT_ONLY
 def test_a_downloaded_base_image_is_shared_so_host_b_does_not_download_it(
-        farm: tuple[Host, Host, str, str], tmp_path: Path) -> None:  # noqa: F811 - the imported fixture
-    a, b, _, _ = farm
+        farm: tuple[Host, Host, str, str], tmp_path: Path, request: pytest.FixtureRequest,  # noqa: F811
+) -> None:
+    a, b, _, kind = farm
     served = tmp_path / "www"
     served.mkdir()
     shutil.copy(guest_image("debian12"), served / "debian12.qcow2")
@@ -104,6 +106,31 @@ def test_a_downloaded_base_image_is_shared_so_host_b_does_not_download_it(
     assert len(pulled) == 1 and sha256_file(pulled[0]) == checksum[7:]
     r = b.run("cache", "ls", "--remote")
     assert f"base {url}/debian12.qcow2" in r.stdout, r.stdout
+    # the remote's copy replaced by other bytes: refused in one line, downloaded instead
+    from imgsmith.cache.backends import open_backend
+    from imgsmith.cache.config import parse_remote_url
+    from test_remote_cache import _replace_blob
+    os.environ.update(S3_ENV)
+    backend = open_backend(parse_remote_url(_remote_of(a)))
+    evil = tmp_path / "evil.qcow2"
+    evil.write_bytes(os.urandom(65536))
+    storage = request.getfixturevalue("registry")[1] if kind == "oci" else None
+    _replace_blob(backend, bases[0]["blob"], evil, storage)
+    c = Host(tmp_path / "host-c", a.project, _remote_of(a), signing=None,
+             trusted=list((tmp_path / "keys").glob("*.pub")))
+    with _http(served, port=int(url.rsplit(":", 1)[1])) as (_, seen):
+        third, stderr = c.build("out", definition="url.yaml")
+        assert seen == ["/debian12.qcow2"]
+    assert third["sessions"] == 0 and _outputs(third) == _outputs(cold)
+    assert [line for line in stderr.splitlines() if "refused" in line] == [
+        f"imgsmith: warning: base image {url}/debian12.qcow2: the remote copy is refused: its blob's sha256 is "
+        f"{sha256_file(evil)[:16]}… instead of {bases[0]['blob'][7:23]}…; fetching it"], stderr
+
+
+def _remote_of(host: Host) -> str:
+    """The remote URL in a host's config file."""
+    line = next(x for x in (host.root / "config.toml").read_text().splitlines() if x.startswith("remote = "))
+    return line.split('"')[1]
 
 
 # --- missing ancestors: pulled in parallel, with progress, each blob checked -----------------------

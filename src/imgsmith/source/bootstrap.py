@@ -347,16 +347,18 @@ def _adopt(store: Path, name: str, fill: Callable[[Path], bool], metadata: dict[
 
 
 def bootstrap_image(spec: BootstrapSpec, *, cache_dir: Path | None = None,
-                    progress: Progress | None = None, fill: Callable[[Path], bool] | None = None) -> Path:
+                    progress: Progress | None = None, fill: Callable[[Path], bool] | None = None,
+                    sources_for: Callable[[BootstrapSpec, DistroProfile], Sources] = resolve_sources) -> Path:
     """Return a cached qcow2 of a bootable cloud image built from *spec*, building it if needed.
 
     *fill* (a build farm's remote cache, sharing.py) is asked first when the image is
     not here: it writes the image made by another host from the same recipe key.
+    *sources_for* resolves the mirrors and their snapshot dates (tests pass fixed ones).
     """
     say: Progress = progress or (lambda _msg: None)
     profile = profile_for(spec)
     say("checking the mirror's snapshot date")
-    sources = resolve_sources(spec, profile)
+    sources = sources_for(spec, profile)
     key = cache_key(spec, sources)
     store = (cache_dir or cache_root()) / "bootstrap"
     store.mkdir(parents=True, exist_ok=True)
