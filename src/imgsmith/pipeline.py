@@ -291,6 +291,20 @@ def _pull(sharing: Sharing, plan: BuildPlan, emit: Sink, timings: dict[str, floa
         sharing.prefetch(plan, emit)
 
 
+def _shared_layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, timings: dict[str, float],
+                   no_cache: bool, sharing: Sharing | None) -> list[LayerOutcome]:
+    """The layers, with a remote cache around them: its layers pulled first, what it lacks pushed after."""
+    if sharing is None:
+        return _layers(plan, base, store, emit, timings=timings, no_cache=no_cache)
+    try:
+        _pull(sharing, plan, emit, timings)
+        layers = _layers(plan, base, store, emit, timings=timings, no_cache=no_cache, sharing=sharing)
+    finally:
+        sharing.close()
+    _push(sharing, plan, layers, (base.path, base.format), emit=emit, timings=timings)
+    return layers
+
+
 def _push(sharing: Sharing, plan: BuildPlan, layers: list[LayerOutcome], base: tuple[Path, str], *, emit: Sink,
           timings: dict[str, float]) -> None:
     """Layers the remote lacks go up after they are published here (sharing.py says which may)."""
@@ -346,16 +360,8 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     base = _fetch_base(loaded, cache, the_plan.base, emit, sharing)
     timings["source"] = time.monotonic() - t
     result = BuildResult(the_plan, timings=timings)
-    try:
-        if sharing is not None:
-            _pull(sharing, the_plan, emit, timings)
-        result.layers = _layers(the_plan, base, store, emit, timings=timings, no_cache=options.no_cache,
-                                sharing=sharing)
-    finally:
-        if sharing is not None:
-            sharing.close()
-    if sharing is not None:
-        _push(sharing, the_plan, result.layers, (base.path, base.format), emit=emit, timings=timings)
+    result.layers = _shared_layers(the_plan, base, store, emit, timings=timings, no_cache=options.no_cache,
+                                   sharing=sharing)
     final = (result.layers[-1].path, "qcow2") if result.layers else (base.path, base.format)
     facts, backend = result.facts, result.backend
     if facts is None:
