@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
+import subprocess
 from pathlib import Path
 
 import pycdlib
@@ -305,3 +307,23 @@ def test_console_fatal_lines_name_the_stage(text: str, stage: Stage, reason: str
     parser.feed(text, 2.0)
     assert parser.state.fatal is not None and reason in parser.state.fatal[0]
     assert parser.state.first_missing() == stage
+
+
+def test_an_image_bootstrapped_elsewhere_is_adopted_and_nothing_is_built(tmp_path: Path) -> None:
+    """The remote cache's fill: published under the recipe's name with its metadata, no mmdebstrap run."""
+    from imgsmith.source.bootstrap import bootstrap_image, image_name
+    spec = BootstrapSpec()
+    calls: list[Path] = []
+
+    def fill(dest: Path) -> bool:
+        calls.append(dest)
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(dest), "64M"], check=True)
+        return True
+
+    path = bootstrap_image(spec, cache_dir=tmp_path, fill=fill, sources_for=lambda s, p: _sources())
+    assert path == tmp_path / "bootstrap" / f"{image_name(spec, cache_key(spec, _sources()))}.qcow2"
+    assert path.is_file() and len(calls) == 1 and not calls[0].exists()  # the partial name is gone
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["pulled"] is True and meta["key"] == cache_key(spec, _sources())
+    assert bootstrap_image(spec, cache_dir=tmp_path, fill=fill, sources_for=lambda s, p: _sources()) == path
+    assert len(calls) == 1  # cached now: not asked again

@@ -477,3 +477,15 @@ def test_a_board_taller_than_the_terminal_keeps_the_running_stage_in_view() -> N
     assert len(lines) == 10
     assert lines[0].startswith("… 21 earlier row(s) not shown")
     assert "layer 22/30 step22" in lines[1] and "layer 30/30 last" in lines[-1]
+
+
+def test_parallel_layer_pulls_get_a_row_each_with_bytes() -> None:
+    console = terminal()
+    view = LiveView(console, clock=FakeClock())
+    view(StageStarted(StageKind.PULL, "2 layer(s) in parallel from s3://b/p"))
+    view.transfer("layer 1 base", 1 * MiB, 4 * MiB)
+    view.transfer("layer 2 app", 2 * MiB, 2 * MiB)
+    text = snapshot(view.board)
+    assert "25%" in row(text, "layer 1 base") and "1 MiB / 4 MiB" in row(text, "layer 1 base")
+    assert row(text, "layer 2 app").startswith("✓")
+    assert row(text, "pull")[0] not in "✓✗"

@@ -68,7 +68,7 @@ class PlannedLayer:
     memsize: int | None = None
     miss: str | None = None  # why it will run, when it is not cached
     source: str = ""  # "local", "remote" or "build" (set with a remote cache: sharing.py)
-    share: str | None = None  # "push", or why it is not pushed (None: no remote cache)
+    share: str | None = None  # "push", "pushed unsigned: …", or why it is not pushed (None: no remote cache)
 
 
 @dataclass

@@ -22,6 +22,7 @@ __all__ = ["Event", "Message", "Notice", "Progress", "Sink", "StageFinished", "S
 
 class StageKind(StrEnum):
     SOURCE = "source"
+    PULL = "pull"
     LAYER = "layer"
     SYSPREP = "sysprep"
     OUTPUTS = "outputs"
@@ -31,7 +32,8 @@ class StageKind(StrEnum):
     PUBLISH = "publish"
 
 
-_TITLES = {StageKind.SOURCE: "source", StageKind.SYSPREP: "sysprep", StageKind.OUTPUTS: "outputs",
+_TITLES = {StageKind.SOURCE: "source", StageKind.PULL: "pull", StageKind.SYSPREP: "sysprep",
+           StageKind.OUTPUTS: "outputs",
            StageKind.CHECKS: "checks", StageKind.MANIFEST: "manifest", StageKind.BOOT: "boot test",
            StageKind.PUBLISH: "publish"}
 

@@ -171,8 +171,13 @@ def _sharing(options: BuildOptions, store: LayerStore, cache: Path) -> Sharing |
     return Sharing(store, RemoteCache(options.remote), cache)
 
 
-def _fetch_base(loaded: LoadedDefinition, cache: Path, key: BaseKey, emit: Sink) -> BaseRef:
-    """Bring the base image here (verify a local file, download, or bootstrap): only when a stage needs it."""
+def _fetch_base(loaded: LoadedDefinition, cache: Path, key: BaseKey, emit: Sink, sharing: Sharing | None = None
+                ) -> BaseRef:
+    """Bring the base image here (verify a local file, download, or bootstrap): only when a stage needs it.
+
+    With a remote cache, a base image that is not here is pulled from it when another
+    host put it there, instead of downloaded or bootstrapped again.
+    """
     from .disk.qemuimg import probe_format
     from .source import base as base_src
     src = loaded.definition.source
@@ -186,13 +191,16 @@ def _fetch_base(loaded: LoadedDefinition, cache: Path, key: BaseKey, emit: Sink)
         with _stage(emit, StageStarted(StageKind.SOURCE, key.origin)):
             img = base_src.resolve_url(src.url, key.checksum, checksum_url=None, cache_dir=cache, fmt=src.format,
                                        progress=lambda phase, done, total: emit(Progress(
-                                           phase, 100.0 * done / total if total else 0.0, done, total)))
+                                           phase, 100.0 * done / total if total else 0.0, done, total)),
+                                       fill=None if sharing is None else (
+                                           lambda dest, expected: sharing.fill_base(key, dest, emit, expected)))
         return BaseRef(key, img.path, img.format)
     from .source.bootstrap import bootstrap_image
     assert src.bootstrap is not None
     spec = src.bootstrap
     with _stage(emit, StageStarted(StageKind.SOURCE, f"bootstrap {spec.distro} {spec.release}")):
-        path = bootstrap_image(spec, cache_dir=cache / "bootstrap", progress=lambda m: emit(Message(m)))
+        path = bootstrap_image(spec, cache_dir=cache / "bootstrap", progress=lambda m: emit(Message(m)),
+                               fill=None if sharing is None else (lambda dest: sharing.fill_base(key, dest, emit)))
     return BaseRef(key, path, probe_format(path))
 
 
@@ -290,10 +298,36 @@ def _layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, ti
     return outcomes
 
 
+def _pull(sharing: Sharing, plan: BuildPlan, emit: Sink, timings: dict[str, float]) -> None:
+    """The layers the plan takes from the remote, downloaded in parallel (each checked) before the layers run."""
+    wanted = [x for x in plan.layers if x.source == "remote" and not x.cached]
+    if not wanted:
+        return
+    started = StageStarted(StageKind.PULL, f"{len(wanted)} layer(s) in parallel from {sharing.remote.name}")
+    with _stage(emit, started, timings, "pull"):
+        sharing.prefetch(plan, emit)
+
+
+def _shared_layers(plan: BuildPlan, base: BaseRef, store: LayerStore, emit: Sink, *, timings: dict[str, float],
+                   no_cache: bool, sharing: Sharing | None) -> list[LayerOutcome]:
+    """The layers, with a remote cache around them: its layers pulled first, what it lacks pushed after."""
+    if sharing is None:
+        return _layers(plan, base, store, emit, timings=timings, no_cache=no_cache)
+    try:
+        _pull(sharing, plan, emit, timings)
+        layers = _layers(plan, base, store, emit, timings=timings, no_cache=no_cache, sharing=sharing)
+    finally:
+        sharing.close()
+    _push(sharing, plan, layers, (base.path, base.format), emit=emit, timings=timings)
+    return layers
+
+
 def _push(sharing: Sharing, plan: BuildPlan, layers: list[LayerOutcome], base: tuple[Path, str], *, emit: Sink,
           timings: dict[str, float]) -> None:
     """Layers the remote lacks go up after they are published here (sharing.py says which may)."""
     t = time.monotonic()
+    if plan.definition.definition.source.file is None and sharing.push_base(plan.base, base[0], emit):
+        timings["push"] = time.monotonic() - t
     pushed = sharing.push(plan, [(x.layer, x.path) for x in layers], base, emit)
     if pushed:
         timings["push"] = time.monotonic() - t
@@ -340,13 +374,11 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     if options.dry_run:
         return BuildResult(the_plan)
     t = time.monotonic()
-    base = _fetch_base(loaded, cache, the_plan.base, emit)
+    base = _fetch_base(loaded, cache, the_plan.base, emit, sharing)
     timings["source"] = time.monotonic() - t
     result = BuildResult(the_plan, timings=timings)
-    result.layers = _layers(the_plan, base, store, emit, timings=timings, no_cache=options.no_cache,
-                            sharing=sharing)
-    if sharing is not None:
-        _push(sharing, the_plan, result.layers, (base.path, base.format), emit=emit, timings=timings)
+    result.layers = _shared_layers(the_plan, base, store, emit, timings=timings, no_cache=options.no_cache,
+                                   sharing=sharing)
     final = (result.layers[-1].path, "qcow2") if result.layers else (base.path, base.format)
     facts, backend = result.facts, result.backend
     if facts is None:
@@ -355,7 +387,10 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
                                     patch=not options.no_cache)
     result.checks = _check_outputs(the_plan, result.outputs, final, emit=emit, timings=timings, enabled=options.check)
     refused = _refused(result)
-    record = _manifest(the_plan, result, facts=facts, backend=backend, accel_name=accel.detect().name)
+    # The accelerator the appliance sessions used; none ran (chroot, or every layer cached or pulled): no
+    # probe, which boots a test guest on a host that has not cached its verdict yet (a fresh CI runner).
+    accel_name = accel.detect().name if result.launches else None
+    record = _manifest(the_plan, result, facts=facts, backend=backend, accel_name=accel_name)
     with _stage(emit, StageStarted(StageKind.MANIFEST, os.fspath(out_dir / "manifest.json"))), \
             _doing(f"writing the manifest into {out_dir}"):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -375,7 +410,7 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
 
 
 def _manifest(plan: BuildPlan, result: BuildResult, *, facts: GuestFacts | None, backend: str | None,
-              accel_name: str) -> dict[str, Any]:
+              accel_name: str | None) -> dict[str, Any]:
     d = plan.definition
     outputs = []
     for r in result.outputs:

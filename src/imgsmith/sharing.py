@@ -9,6 +9,10 @@ HTTP clients cost a start that needs neither):
   locally. Any refusal is one line and the layer is built instead.
 - :meth:`Sharing.push` — after the layers, every layer of the chain the remote lacks,
   in order, unless it carries a secret or stands on one that does.
+- :meth:`Sharing.fill_base` / :meth:`Sharing.push_base` — the base image when it was
+  downloaded or bootstrapped (a local ``file:`` source is the user's own): keyed by its
+  checksum or bootstrap recipe (:func:`~imgsmith.cache.remote.base_entry_key`), pulled
+  before a download or a bootstrap is started, pushed after one.
 
 :meth:`Sharing.annotate` decides the same before any work, for the plan: per layer
 ``local``, ``remote`` or ``build``, and whether it will be pushed.
@@ -18,20 +22,29 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .buildplan import BuildPlan, PlannedLayer
-from .cache.remote import RemoteCache, RemoteEntry, RemoteError
-from .cache.store import LayerStore
-from .events import Message, Sink, Warn
+from .buildplan import BaseKey, BuildPlan, PlannedLayer
+from .cache.remote import RemoteCache, RemoteEntry, RemoteError, base_entry_key
+from .cache.store import PULL_PREFIX, PUSH_PREFIX, LayerStore
+from .events import Event, Message, Progress, Sink, Warn
 from .host.files import atomic_write, sha256_file
+from .source.checksum import Checksum, file_digest
 
 __all__ = ["Sharing", "carries_secret", "trusted_digest"]
 
 
 def carries_secret(token: object) -> bool:
-    """True when a layer's token holds a hashed secret (a password, a key file read as a secret)."""
+    """True when a layer's token holds a secret hashed with this host's own key (a password, a secret file).
+
+    A secret hashed with the team's shared key (``shared-secret:``, cache/config.py) does
+    not count: every host holding that key computes the same layer key, and the team
+    chose to share such layers.
+    """
     if isinstance(token, str):
         return token.startswith("secret:")
     if isinstance(token, dict):
@@ -67,11 +80,15 @@ _SHARED_META = ("definition", "layer", "parent_key", "token", "backend", "guest"
 class Sharing:
     """One build's use of the remote cache (see the module docstring); *cache* is the cache root."""
 
-    def __init__(self, store: LayerStore, remote: RemoteCache, cache: Path) -> None:
+    def __init__(self, store: LayerStore, remote: RemoteCache, cache: Path, *, workers: int = 4) -> None:
         self.store = store
         self.remote = remote
         self.cache = cache
+        self.workers = workers  # parallel downloads of a build's missing layers (prefetch)
         self.refusals: list[str] = []  # one line per remote entry the plan refused, for the build to say
+        self._planned: dict[str, RemoteEntry] = {}  # the entries the plan chose, by layer key
+        self._fetched: dict[str, tuple[Path, str | None]] = {}  # prefetched blobs: (file, why it is refused)
+        self._said_unsigned = False
 
     def _lookup(self, key: str) -> tuple[RemoteEntry | None, str | None]:
         try:
@@ -92,6 +109,7 @@ class Sharing:
             parent_source = layer.source
             if entry is not None:
                 parent_blob = entry.blob
+                self._planned[layer.key] = entry
             else:
                 meta = self.store.meta(layer.key) if layer.source == "local" else None
                 parent_blob = str(meta["blob"]) if meta and meta.get("blob") else None
@@ -125,6 +143,8 @@ class Sharing:
             return "not pushed: it is built on a layer that carries a secret"
         if not self.remote.push_enabled:
             return "not pushed: pushing is off (--cache-push, or push = true in the config)"
+        if self.remote.signer is None:
+            return "pushed unsigned: no signing-key is configured (readers need --cache-trust-unsigned)"
         return "push"
 
     # pulling
@@ -137,9 +157,59 @@ class Sharing:
         blob = meta.get("blob") if meta else None
         return {"key": layer.parent_key, "blob": str(blob)} if blob else None
 
+    def prefetch(self, plan: BuildPlan, emit: Sink) -> int:
+        """Download the blobs of every layer the plan pulls, in parallel, each checked; how many were asked.
+
+        Each layer's download is a Progress row of its own (label ``layer N NAME``, bytes
+        done and total). A blob whose bytes are not its entry's is kept out (its refusal
+        is said when the layer is pulled, and the layer is built). The files wait in the
+        layer store's root until :meth:`pull` adopts them; :meth:`close` removes the rest.
+        """
+        todo = [(x, self._planned[x.key]) for x in plan.layers
+                if x.source == "remote" and x.key in self._planned and self.store.get(x.key) is None]
+        if not todo:
+            return 0
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        lock = threading.Lock()
+
+        def locked(event: Event) -> None:  # the sink is called from the pool's threads
+            with lock:
+                emit(event)
+
+        def one(layer: PlannedLayer, entry: RemoteEntry) -> tuple[str, tuple[Path, str | None]]:
+            dest = self.store.root / f"{PULL_PREFIX}{layer.key}-{os.getpid()}"
+            try:
+                problem = self.remote.fetch(entry, dest, _byte_progress(f"layer {layer.index} {layer.name}",
+                                                                        entry.size, locked))
+            except (RemoteError, OSError) as exc:
+                dest.unlink(missing_ok=True)
+                problem = str(exc)
+            return layer.key, (dest, problem)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo))),
+                                thread_name_prefix="imgsmith-pull") as pool:
+            self._fetched.update(pool.map(lambda x: one(*x), todo))
+        return len(todo)
+
+    def close(self) -> None:
+        """Remove prefetched blobs no layer adopted (a build that stopped early)."""
+        for path, _ in self._fetched.values():
+            path.unlink(missing_ok=True)
+        self._fetched.clear()
+
+    def _fill(self, entry: RemoteEntry, dest: Path) -> str | None:
+        """Put *entry*'s checked blob at *dest*: the prefetched file, else a download now; why not, or None."""
+        fetched = self._fetched.pop(entry.key, None)
+        if fetched is None:
+            return self.remote.fetch(entry, dest)
+        path, problem = fetched
+        if problem is None:
+            os.replace(path, dest)
+        return problem
+
     def pull(self, layer: PlannedLayer, parent: tuple[Path, str], emit: Sink) -> Path | None:
         """The layer from the remote, verified and rebased onto *parent*; None (said once) to build it."""
-        entry, why = self._lookup(layer.key)
+        entry, why = (self._planned[layer.key], None) if layer.key in self._planned else self._lookup(layer.key)
         where = f"layer {layer.index} {layer.name}: remote layer {layer.key[:12]}"
         if entry is None:
             emit(Warn(f"{where} refused: {why}; building it") if why else
@@ -155,7 +225,7 @@ class Sharing:
         refused: list[str] = []
 
         def fill(dest: Path) -> None:
-            problem = self.remote.fetch(entry, dest)
+            problem = self._fill(entry, dest)
             if problem is not None:
                 refused.append(problem)
                 raise _Refused(problem)
@@ -169,6 +239,7 @@ class Sharing:
             emit(Warn(f"{where}: {exc}; building it"))
             return None
         emit(Message(f"{where}: pulled {entry.size} bytes from {self.remote.name}"))
+        self.remote.touch(layer.key)
         return path
 
     # pushing
@@ -178,9 +249,10 @@ class Sharing:
         """Push the chain's layers the remote lacks, in order; the keys pushed. Failures are one Warn."""
         pushed: list[str] = []
         parent_fmt = base[1]
+        self.store.sweep()  # a push killed earlier left its copy of a layer
         try:
             for layer, path in layers:
-                if layer.share != "push":
+                if not (layer.share or "").startswith("push"):
                     break
                 if not self._push_one(layer, path, parent_fmt, base=base, emit=emit, pushed=pushed):
                     break
@@ -188,6 +260,13 @@ class Sharing:
         except RemoteError as exc:
             emit(Warn(f"pushing to the remote cache failed: {exc}"))
         return pushed
+
+    def _unsigned(self, emit: Sink) -> None:
+        """Say once per build that what goes up is unsigned (push without a signing key: docs/build.md)."""
+        if self.remote.signer is None and not self._said_unsigned:
+            self._said_unsigned = True
+            emit(Warn(f"pushing unsigned entries to {self.remote.name}: no signing-key is configured; other hosts "
+                      "use them only with --cache-trust-unsigned"))
 
     def _push_one(self, layer: PlannedLayer, path: Path, parent_fmt: str, *, base: tuple[Path, str], emit: Sink,
                   pushed: list[str]) -> bool:
@@ -204,7 +283,8 @@ class Sharing:
         if identity is None:
             return False
         shared: dict[str, Any] = {k: meta[k] for k in _SHARED_META if k in meta}
-        work = self.store.root / f".push-{layer.key}-{os.getpid()}"
+        self._unsigned(emit)
+        work = self.store.root / f"{PUSH_PREFIX}{layer.key}-{os.getpid()}"
         blob, won = self.remote.push(layer.key, path, parent_fmt, parent=identity, meta=shared, work=work)
         if not won:
             entry, _ = self.remote.lookup(layer.key)
@@ -215,6 +295,61 @@ class Sharing:
         pushed.append(layer.key)
         emit(Message(f"layer {layer.index} {layer.name}: pushed {layer.key[:12]} to {self.remote.name}"))
         return True
+
+
+    # base images
+
+    def fill_base(self, base: BaseKey, dest: Path, emit: Sink, expected: Checksum | None = None) -> bool:
+        """Write the remote's copy of the base image to *dest*, checked (blob sha256, then *expected*); True if so."""
+        where = f"base image {base.origin}"
+        entry, why = self._lookup(base_entry_key(base.key))
+        if entry is None:
+            if why:
+                emit(Warn(f"{where}: the remote copy is refused: {why}; fetching it"))
+            return False
+        try:
+            problem = self.remote.fetch(entry, dest, _byte_progress("base image", entry.size, emit))
+        except RemoteError as exc:
+            problem = str(exc)
+        if problem is None and expected is not None and file_digest(dest, expected.algo) != expected.hexdigest:
+            problem = f"its bytes do not match the definition's {expected.algo} checksum"
+        if problem is not None:
+            dest.unlink(missing_ok=True)
+            emit(Warn(f"{where}: the remote copy is refused: {problem}; fetching it"))
+            return False
+        emit(Message(f"{where}: pulled {entry.size} bytes from {self.remote.name}"))
+        self.remote.touch(entry.key)
+        return True
+
+    def push_base(self, base: BaseKey, path: Path, emit: Sink) -> bool:
+        """Push the base image unless the remote holds it (or pushing is off); True when pushed."""
+        if not self.remote.push_enabled:
+            return False
+        key = base_entry_key(base.key)
+        try:
+            entry, why = self.remote.lookup(key)
+            if entry is not None or why is not None:
+                return False
+            digest = "sha256:" + trusted_digest(path, self.cache / "base-digests.json")
+            meta = {"kind": "base", "base": base.key, "origin": base.origin, "filename": path.name}
+            self._unsigned(emit)
+            _, won = self.remote.put(key, path, digest, parent={}, meta=meta)
+        except RemoteError as exc:
+            emit(Warn(f"pushing the base image to the remote cache failed: {exc}"))
+            return False
+        if won:
+            emit(Message(f"base image {base.origin}: pushed to {self.remote.name}"))
+        return won
+
+
+def _byte_progress(label: str, total: int, emit: Sink) -> Callable[[int], None]:
+    """A download callback (bytes of one chunk) that emits Progress with the running count."""
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        emit(Progress(label, 100.0 * done[0] / total if total else 0.0, done[0], total or None))
+    return step
 
 
 class _Refused(Exception):

@@ -12,12 +12,14 @@ whole blob is: a push killed mid-upload leaves at most an unreferenced blob, whi
 - **OCI registries** (``oci://registry[:port]/repository``), through the distribution
   HTTP API: the layer is a blob, the entry is the config blob of an OCI image manifest
   tagged with the key (ORAS-style artifact: media types below). The manifest is put
-  last; a registry has no conditional put, so a tag written twice keeps the last
-  writer's manifest, whose blobs are complete too.
+  last, and only when the tag is absent; a registry has no conditional put, so two
+  writers racing between that check and the put leave the last writer's manifest,
+  whose blobs are complete too.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
@@ -61,8 +63,11 @@ class Backend(Protocol):
     def get_blob(self, digest: str, dest: Path, progress: Progress | None = None) -> None: ...
     def put_blob(self, digest: str, path: Path) -> None: ...
     def has_blob(self, digest: str) -> bool: ...
-    def blobs(self) -> list[str]: ...
+    def blobs(self) -> dict[str, float]: ...  # digest: when it was written (epoch seconds)
     def delete_blob(self, digest: str) -> None: ...
+    def touch(self, key: str) -> None: ...  # record that a host just used the entry
+    def used(self) -> dict[str, float]: ...  # key: when an entry was last used, where it was recorded
+    def abort_uploads(self, before: float) -> int: ...  # unfinished uploads started before: how many
 
 
 def _hex(digest: str) -> str:
@@ -128,19 +133,41 @@ class S3Backend:
     def delete_entry(self, key: str) -> None:
         self._call(f"deleting entry {key[:12]}", lambda: self.client.delete_object(Bucket=self.bucket,
                                                                                     Key=self._entry(key)))
+        self._call(f"deleting entry {key[:12]}", lambda: self.client.delete_object(
+            Bucket=self.bucket, Key=f"{self.prefix}used/{key}"))
 
-    def _list(self, under: str) -> list[str]:
-        names: list[str] = []
+    def _list(self, under: str) -> dict[str, float]:
+        """Names under *under* (without it) and when each was written."""
+        names: dict[str, float] = {}
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + under)
         for page in self._call("listing", lambda: list(pages)):
-            names += [obj["Key"][len(self.prefix + under):] for obj in page.get("Contents", [])]
+            names.update({obj["Key"][len(self.prefix + under):]: obj["LastModified"].timestamp()
+                          for obj in page.get("Contents", [])})
         return names
 
     def list_keys(self) -> list[str]:
         return sorted(n.removesuffix(".json") for n in self._list("entries/") if n.endswith(".json"))
 
-    def blobs(self) -> list[str]:
-        return sorted(f"sha256:{n}" for n in self._list("blobs/sha256/"))
+    def blobs(self) -> dict[str, float]:
+        return {f"sha256:{n}": t for n, t in self._list("blobs/sha256/").items()}
+
+    def touch(self, key: str) -> None:
+        self._call(f"recording the use of {key[:12]}", lambda: self.client.put_object(
+            Bucket=self.bucket, Key=f"{self.prefix}used/{key}", Body=b""))
+
+    def used(self) -> dict[str, float]:
+        return self._list("used/")
+
+    def abort_uploads(self, before: float) -> int:
+        """Abort multipart uploads started before *before* (a push killed mid-blob leaves one, invisible)."""
+        found = self._call("listing uploads", lambda: self.client.list_multipart_uploads(
+            Bucket=self.bucket, Prefix=self.prefix + "blobs/"))
+        stale = [u for u in found.get("Uploads", []) if u["Initiated"].timestamp() < before]
+        for u in stale:
+            self._call("aborting an upload", functools.partial(self.client.abort_multipart_upload,
+                                                               Bucket=self.bucket, Key=u["Key"],
+                                                               UploadId=u["UploadId"]))
+        return len(stale)
 
     def get_blob(self, digest: str, dest: Path, progress: Progress | None = None) -> None:
         self._call(f"downloading blob {digest[:19]}", lambda: self.client.download_file(
@@ -232,6 +259,10 @@ class OciBackend:
         done.close()
 
     def put_entry(self, key: str, data: bytes, blob: str, size: int) -> bool:
+        # No conditional put in the distribution API: look first, so an entry is written once unless two
+        # hosts race inside this window; then the tag keeps the last writer's manifest (complete blobs too).
+        if self._manifest(key) is not None:
+            return False
         config = "sha256:" + hashlib.sha256(data).hexdigest()
         self._upload(config, data, len(data))
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "artifactType": ARTIFACT_TYPE,
@@ -282,13 +313,27 @@ class OciBackend:
         resp.close()
         return True
 
-    def blobs(self) -> list[str]:
-        """Layer blobs the remaining manifests reference (a registry does not list blobs)."""
-        out = []
+    def blobs(self) -> dict[str, float]:
+        """Layer blobs the remaining manifests reference (a registry does not list blobs, nor their age).
+
+        A blob no manifest references is the registry's garbage collector's to remove
+        (``registry garbage-collect``), not ours to find.
+        """
+        out: dict[str, float] = {}
         for key in self.list_keys():
             manifest = self._manifest(key)
-            out += [str(x["digest"]) for x in (manifest or {}).get("layers", [])]
-        return sorted(set(out))
+            out.update({str(x["digest"]): 0.0 for x in (manifest or {}).get("layers", [])})
+        return out
+
+    def touch(self, key: str) -> None:
+        """Not recorded: a registry has no small mutable object to write (prune goes by creation time)."""
+
+    def used(self) -> dict[str, float]:
+        return {}
+
+    def abort_uploads(self, before: float) -> int:
+        """Unfinished upload sessions are the registry's to expire (its ``uploadpurging``)."""
+        return 0
 
     def delete_blob(self, digest: str) -> None:
         resp = self._request("DELETE", f"/blobs/{digest}", ok404=True)

@@ -11,9 +11,19 @@ environment (``IMGSMITH_CACHE_REMOTE``), then the user config file
     [cache]
     remote = "s3://bucket/prefix?endpoint=http://127.0.0.1:9000"   # or oci://registry:5000/repo
     push = true                       # push layers built here (default true when a signing key is set)
+    pull-only = false                 # true: this host never writes to the remote (see below)
     signing-key = "~/.config/imgsmith/cache-key"                   # Ed25519 PEM: sign what we push
     trusted-keys = ["~/.config/imgsmith/team.pub"]                 # pull only what these signed
     trust-unsigned = false
+    shared-secret-key = "~/.config/imgsmith/team-secret"           # see secret_key(): secret layers shared
+
+Not pushing and pulling only are two things. ``push = false`` / ``--no-cache-push``: this
+build uploads no layer and no base image, but the host still takes part in keeping the
+cache: a pull records that the entry was used (S3: ``PREFIX/used/KEY``), so
+``cache prune --remote --older-than`` keeps what the farm still uses. ``pull-only = true``
+/ ``--cache-pull-only`` (an untrusted runner, a fork's CI job): the host never writes to
+the remote at all — no blob, no entry, no use record, no prune — and ``--cache-push``
+is refused with it.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import UsageError
 
-__all__ = ["RemoteSettings", "RemoteURL", "config_path", "load_settings", "parse_remote_url"]
+__all__ = ["RemoteSettings", "RemoteURL", "config_path", "load_settings", "parse_remote_url", "shared_secret_key"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class RemoteSettings:
     signing_key: Path | None = None
     trusted_keys: tuple[Path, ...] = ()
     trust_unsigned: bool = False
+    pull_only: bool = False  # never write to the remote (not even use records): see the module docstring
 
 
 def config_path(env: dict[str, str] | None = None) -> Path:
@@ -90,7 +101,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     section = data.get("cache", {})
     if not isinstance(section, dict):
         raise UsageError(f"{path}: [cache] must be a table")
-    known = {"remote", "push", "signing-key", "trusted-keys", "trust-unsigned"}
+    known = {"remote", "push", "pull-only", "signing-key", "trusted-keys", "trust-unsigned", "shared-secret-key"}
     unknown = sorted(set(section) - known)
     if unknown:
         raise UsageError(f"{path}: [cache] has no setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
@@ -121,8 +132,51 @@ def load_settings(*, remote: str | None = None, push: bool | None = None, pull_o
         raise UsageError(f"{path}: [cache] trusted-keys must be a list of file names")
     trusted = tuple(_path(k, f"{path}: trusted-keys", path.parent) for k in keys)
     configured_push = section.get("push", signing is not None)
-    if not isinstance(configured_push, bool):
-        raise UsageError(f"{path}: [cache] push must be true or false")
+    for name, value in (("push", configured_push), ("pull-only", section.get("pull-only", False))):
+        if not isinstance(value, bool):
+            raise UsageError(f"{path}: [cache] {name} must be true or false")
+    pull_only = pull_only or section.get("pull-only") is True
+    if pull_only and push:
+        raise UsageError("--cache-push: this host is pull-only (--cache-pull-only, or pull-only = true in "
+                         f"{path}): it never writes to the remote")
     wanted = configured_push if push is None else push
     return RemoteSettings(url, wanted and not pull_only, signing, trusted,
-                          trust_unsigned or section.get("trust-unsigned") is True)
+                          trust_unsigned or section.get("trust-unsigned") is True, pull_only)
+
+
+SHARED_KEY_ENV = "IMGSMITH_CACHE_SHARED_KEY_FILE"
+_SHARED_KEYS: dict[tuple[str, int, int], bytes] = {}  # per process, by (path, inode, mtime)
+
+
+def shared_secret_key(env: dict[str, str] | None = None) -> bytes | None:
+    """The team's shared key for hashing secrets into layer keys, or None (each host keys its own).
+
+    Without it a secret enters a layer key through a random per-host key, so no two hosts
+    share a secret-bearing layer and such layers are never pushed. A team that wants them
+    shared gives every builder the same key file — ``$IMGSMITH_CACHE_SHARED_KEY_FILE``, else
+    ``shared-secret-key`` in ``[cache]`` — never the definition, which is shared more widely
+    than the cache. The key is 32 bytes or more (``head -c 32 /dev/urandom > FILE``, mode 0600).
+    """
+    env = dict(os.environ) if env is None else env
+    if env.get(SHARED_KEY_ENV):
+        path, where = Path(env[SHARED_KEY_ENV]).expanduser(), SHARED_KEY_ENV
+    else:
+        cfg = config_path(env)
+        section = _read_config(cfg)
+        if "shared-secret-key" not in section:
+            return None
+        path, where = _path(section["shared-secret-key"], f"{cfg}: shared-secret-key", cfg.parent), f"{cfg}"
+    try:
+        st = path.stat()
+        memo = (os.fspath(path), st.st_ino, st.st_mtime_ns)
+        if memo not in _SHARED_KEYS:
+            data = path.read_bytes()
+            # A text key (hex, base64) may end in a newline; random bytes are taken as they are.
+            _SHARED_KEYS[memo] = data.strip() if data.isascii() and data.strip().isalnum() else data
+    except OSError as exc:
+        raise UsageError(f"shared secret key {path} ({where}): {exc.strerror or exc}") from exc
+    key = _SHARED_KEYS[memo]
+    if len(key) < 32:
+        raise UsageError(f"shared secret key {path} ({where}): {len(key)} bytes; give 32 or more "
+                         "(head -c 32 /dev/urandom > FILE)")
+    return key

@@ -19,6 +19,7 @@ sha256), and a host pulls it only onto a parent with exactly those bytes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -34,10 +35,19 @@ from .backends import Backend, RemoteError, open_backend
 from .config import RemoteSettings
 from .signing import Signer, TrustedKeys
 
-__all__ = ["ENTRY_VERSION", "RemoteCache", "RemoteEntry", "RemoteError"]
+__all__ = ["ENTRY_VERSION", "RemoteCache", "RemoteEntry", "RemoteError", "base_entry_key"]
 
 ENTRY_VERSION = 1
 NORMAL_BACKING = "imgsmith-parent"
+
+
+def base_entry_key(base_key: str) -> str:
+    """The remote key of a base image: a hash of its plan key (``sha512:…``, ``bootstrap:NAME``).
+
+    Base images live among the layers (same blobs, same signed entries, same listing),
+    under a key of their own namespace so no layer key can ever collide with one.
+    """
+    return hashlib.sha256(f"imgsmith-base-v1\0{base_key}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -65,9 +75,14 @@ class RemoteEntry:
                    str(doc["signer"]) if doc.get("signer") else None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "blob": self.blob, "size": self.size, "created": self.created,
+        return {"key": self.key, "kind": self.kind, "blob": self.blob, "size": self.size, "created": self.created,
                 "parent": self.parent, "definition": self.meta.get("definition"),
-                "layer": self.meta.get("layer"), "signer": self.signer}
+                "layer": self.meta.get("layer"), "base": self.meta.get("base"), "signer": self.signer}
+
+    @property
+    def kind(self) -> str:
+        """``layer``, or ``base`` for a base image (see :func:`base_entry_key`)."""
+        return "base" if self.meta.get("kind") == "base" else "layer"
 
 
 class RemoteCache:
@@ -130,9 +145,14 @@ class RemoteCache:
              work: Path) -> tuple[str, bool]:
         """Upload *layer* as *key*: blob first, signed entry last. (blob digest, whether our entry won)."""
         with self.normalized(layer, parent_fmt, work) as (copy, digest):
-            size = copy.stat().st_size
-            if not self.backend.has_blob(digest):
-                self.backend.put_blob(digest, copy)
+            return self.put(key, copy, digest, parent=parent, meta=meta)
+
+    def put(self, key: str, path: Path, digest: str, *, parent: dict[str, str], meta: dict[str, Any]
+            ) -> tuple[str, bool]:
+        """Upload the file *path* (sha256 *digest*) as *key* unchanged: blob first, signed entry last."""
+        size = path.stat().st_size
+        if not self.backend.has_blob(digest):
+            self.backend.put_blob(digest, path)
         doc: dict[str, Any] = {"v": ENTRY_VERSION, "key": key, "blob": digest, "size": size,
                                "created": self.clock(), "parent": parent, "meta": meta}
         if self.signer is not None:
@@ -154,20 +174,52 @@ class RemoteCache:
         finally:
             (work / f"{entry.key}.qcow2").unlink(missing_ok=True)
 
-    def prune(self, *, older_than: float | None, dry_run: bool = False) -> list[RemoteEntry]:
-        """Remove entries created more than *older_than* seconds ago (None: all), then unreferenced blobs.
+    def touch(self, key: str) -> None:
+        """Record that this host used *key* (not on a pull-only host: it never writes); failures are ignored."""
+        if self.settings.pull_only:
+            return
+        with contextlib.suppress(RemoteError):
+            self.backend.touch(key)
 
-        Entries this host refuses are left alone: they may be another team's.
+    def prune(self, *, older_than: float | None, dry_run: bool = False) -> tuple[list[RemoteEntry], list[str]]:
+        """Remove entries neither created nor used for *older_than* seconds (None: all), then unreferenced blobs.
+
+        Entries this host refuses are left alone (they may be another team's), and so are
+        the blobs they name. The blob of an entry removed here goes when no other entry
+        names it; any other blob no entry names (a push killed between its blob and its
+        entry) once it is older than the cutoff, since a push in progress uploads its blob
+        just before its entry. Returns the
+        entries and the blobs removed (or, dry, to be removed).
         """
-        cutoff = None if older_than is None else self.clock() - older_than
-        chosen = [e for _, e, _ in self.entries() if e is not None and (cutoff is None or e.created < cutoff)]
+        now = self.clock()
+        cutoff = None if older_than is None else now - older_than
+        used = self.backend.used()
+        rows = self.entries()
+        chosen = [e for _, e, _ in rows if e is not None
+                  and (cutoff is None or max(e.created, used.get(e.key, 0.0)) < cutoff)]
+        gone = {e.key for e in chosen}
+        referenced = {blob for key, blob in self._named_blobs().items() if key not in gone}
+        blobs = self.backend.blobs()
+        freed = {e.blob for e in chosen}
+        orphans = sorted(d for d, written in blobs.items()
+                         if d not in referenced and (d in freed or cutoff is None or written < cutoff))
         if dry_run:
-            return chosen
+            return chosen, orphans
         for e in chosen:
             self.backend.delete_entry(e.key)
-        referenced = {e.blob for _, e, _ in self.entries() if e is not None}
-        for e in chosen:
-            if e.blob not in referenced:
-                with contextlib.suppress(RemoteError):
-                    self.backend.delete_blob(e.blob)
-        return chosen
+        for digest in orphans:
+            with contextlib.suppress(RemoteError):
+                self.backend.delete_blob(digest)
+        self.backend.abort_uploads(now if cutoff is None else cutoff)
+        return chosen, orphans
+
+    def _named_blobs(self) -> dict[str, str]:
+        """Every entry's blob by key, refused entries included (they are not ours to orphan)."""
+        out: dict[str, str] = {}
+        for key in self.backend.list_keys():
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                raw = self.backend.get_entry(key)
+                blob = json.loads(raw or b"{}").get("blob")
+                if isinstance(blob, str):
+                    out[key] = blob
+        return out

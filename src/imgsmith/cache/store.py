@@ -7,6 +7,8 @@ Layout under ``root`` (``cache_root()/"layers"``)::
                              the layer file's sha256 (checked before every use: see verify())
     .tmp-<key>-<pid>/        a layer being built (never returned by get)
     .locks/<key>.lock        per-key flock: one builder per key, across processes and threads
+    .pull-<key>-<pid>        a layer downloaded from the remote cache, not yet adopted
+    .push-<key>-<pid>/       a layer's copy being uploaded to the remote cache
 
 A key is the sha256 of a canonical JSON of ``{"v": LAYER_KEY_VERSION, "parent": parent key,
 "token": token}``: the same parent plus the same operations and host-file digests give
@@ -42,7 +44,7 @@ from .. import proc
 from ..disk import qemuimg
 from ..host.files import atomic_write, file_lock, fsync_dir, fsync_file, sha256_file, try_file_lock
 
-__all__ = ["LAYER_KEY_VERSION", "LayerEntry", "LayerStore", "MissReason"]
+__all__ = ["LAYER_KEY_VERSION", "PULL_PREFIX", "PUSH_PREFIX", "LayerEntry", "LayerStore", "MissReason"]
 
 log = logging.getLogger("imgsmith.cache")
 
@@ -53,6 +55,10 @@ LAYER_FILE = "layer.qcow2"
 META_FILE = "meta.json"
 _TMP = ".tmp-"
 _TRASH = ".trash-"
+PULL_PREFIX = ".pull-"
+"""``.pull-<key>-<pid>``: a blob downloaded from the remote cache, waiting to be adopted (sharing.py)."""
+PUSH_PREFIX = ".push-"
+"""``.push-<key>-<pid>/``: the copy of a layer being uploaded to the remote cache (sharing.py)."""
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -454,6 +460,10 @@ class LayerStore:
         key = tmp.name[len(_TMP):].rsplit("-", 1)[0]
         return key if len(key) == 64 else None
 
+    def sweep(self) -> None:
+        """Remove what dead builds, pulls and pushes left behind (as every build of a layer does)."""
+        self._sweep()
+
     def _sweep(self) -> set[str]:
         """Remove what dead builds and prunes left; return the layer keys live builds stand on.
 
@@ -464,7 +474,7 @@ class LayerStore:
         if not self.root.is_dir():
             return in_use
         for d in self.root.iterdir():
-            if d.name.startswith(_TRASH):
+            if d.name.startswith((_TRASH, PULL_PREFIX, PUSH_PREFIX)):  # removed once their process is gone
                 pid = d.name.rsplit("-", 1)[-1]
                 if not pid.isdigit() or not proc.pid_alive(int(pid)):
                     shutil.rmtree(d, ignore_errors=True)

@@ -43,8 +43,10 @@ def add_remote_options(p: argparse.ArgumentParser) -> None:
                    help="s3://BUCKET/PREFIX?endpoint=URL or oci://REGISTRY/REPOSITORY ('none': no remote)")
     g.add_argument("--cache-push", dest="cache_push", action="store_true", default=None,
                    help="push the layers built here (signed with the configured signing-key)")
-    g.add_argument("--no-cache-push", dest="cache_push", action="store_false", help="do not push")
-    g.add_argument("--cache-pull-only", action="store_true", help="pull from the remote, never push")
+    g.add_argument("--no-cache-push", dest="cache_push", action="store_false",
+                   help="push nothing built or downloaded here (pulls still record their use on the remote)")
+    g.add_argument("--cache-pull-only", action="store_true",
+                   help="never write to the remote at all: no layer, no base image, no use record")
     g.add_argument("--cache-trust-unsigned", action="store_true",
                    help="use remote entries that no trusted key signed (not for shared caches)")
 

@@ -250,8 +250,9 @@ def _ls_remote(args: argparse.Namespace) -> int:
         if e is None:
             print(f"{key[:12]}  refused: {why}")
         else:
-            print(f"{key[:12]}  {format_size(e.size)}  {_age(now - e.created)}  {e.meta.get('definition') or '-'}"
-                  f"  {e.meta.get('layer') or '-'}  signer {e.signer or 'none'}")
+            what = (f"base {e.meta.get('origin') or e.meta.get('base')}" if e.kind == "base" else
+                    f"{e.meta.get('definition') or '-'}  {e.meta.get('layer') or '-'}")
+            print(f"{key[:12]}  {format_size(e.size)}  {_age(now - e.created)}  {what}  signer {e.signer or 'none'}")
     print(f"{len(rows)} layer{'s' if len(rows) != 1 else ''} in {remote.name}")
     return 0
 
@@ -262,14 +263,20 @@ def _prune_remote(args: argparse.Namespace) -> int:
     if not args.all and args.older_than is None:
         raise UsageError("nothing to prune by: give --older-than or --all")
     remote = _remote(args)
-    removed = remote.prune(older_than=None if args.all else parse_duration(args.older_than), dry_run=args.dry_run)
+    if remote.settings.pull_only:
+        raise UsageError("--remote: this host is pull-only (pull-only = true in the config): it never writes to "
+                         "the remote, so it does not prune it")
+    removed, blobs = remote.prune(older_than=None if args.all else parse_duration(args.older_than),
+                                  dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run, "removed": [e.to_json() for e in removed]}, indent=2))
+        print(json.dumps({"dry_run": args.dry_run, "removed": [e.to_json() for e in removed], "blobs": blobs},
+                         indent=2))
         return 0
     for e in removed:
         print(f"{verb} {e.key[:12]}  {format_size(e.size)}  {e.meta.get('definition') or '-'}")
-    print(f"{verb} {len(removed)} remote layer{'s' if len(removed) != 1 else ''} from {remote.name}")
+    print(f"{verb} {len(removed)} remote entr{'y' if len(removed) == 1 else 'ies'} and {len(blobs)} unreferenced "
+          f"blob{'s' if len(blobs) != 1 else ''} from {remote.name}")
     return 0
 
 

@@ -10,6 +10,7 @@ description, and ``apply`` against the Guest API. Registration is explicit throu
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import shlex
 from abc import ABC, abstractmethod
@@ -19,6 +20,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
+from ..cache.config import shared_secret_key
 from ..errors import UsageError
 from ..guest.api import Guest
 
@@ -189,7 +191,12 @@ class Operation(ABC):
 
 def _canonical(value: object) -> object:
     if isinstance(value, Secret):
-        # Keyed so a leaked cache key cannot be brute-forced offline without the host key.
+        # Keyed so a leaked cache key cannot be brute-forced offline without the host key. With a team's
+        # shared key (cache/config.py: shared_secret_key) an HMAC instead: the same on every host that holds
+        # it, so the layer can be shared (sharing.carries_secret tells the two apart).
+        shared = shared_secret_key()
+        if shared is not None:
+            return "shared-secret:" + hmac.new(shared, value.reveal().encode(), hashlib.sha256).hexdigest()[:32]
         return "secret:" + hashlib.blake2b(value.reveal().encode(), key=_secret_key(), digest_size=16).hexdigest()
     if isinstance(value, Path):
         return os.fspath(value)

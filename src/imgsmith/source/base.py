@@ -32,7 +32,7 @@ from ..host.files import atomic_write, file_lock, fsync_dir, fsync_file
 from .checksum import Checksum, file_digest, parse_inline, parse_sums
 from .fetch import check_url, download, fetch_text, redact_url
 
-__all__ = ["BaseImage", "BaseProgress", "CachedBase", "cached_bases", "expected_checksum", "resolve_file",
+__all__ = ["BaseImage", "BaseProgress", "CachedBase", "Fill", "cached_bases", "expected_checksum", "resolve_file",
            "resolve_url"]
 
 log = logging.getLogger("imgsmith.source")
@@ -165,18 +165,28 @@ def _cached_file(entry: Path) -> Path | None:
     return found if found.is_file() else None
 
 
+Fill = Callable[[Path, Checksum], bool]
+"""Puts a copy of the image, already checked against the checksum, at the path (True), or does nothing (False).
+
+How a build farm's remote cache stands in for the download (sharing.py)."""
+
+
 def _fetch_into_cache(url: str, expected: Checksum, name: str, entry: Path, *,
                       progress: BaseProgress | None, opener: urllib.request.OpenerDirector | None,
-                      sleep: Callable[[float], None]) -> Path:
+                      sleep: Callable[[float], None], fill: Fill | None = None) -> Path:
     """Download to ``.tmp-<entry>``, verify, then publish by renaming the directory to *entry*.
 
     Called with the entry's lock held. Network failures keep the part for resuming;
-    a mismatch removes everything.
+    a mismatch removes everything. *fill*, when it places the image, replaces the
+    download (and its verification: fill checks against *expected* itself).
     """
     shown = redact_url(url)
     tmp = entry.with_name(f".tmp-{entry.name}")
     tmp.mkdir(parents=True, exist_ok=True)
     target = tmp / name
+    if not target.is_file() and fill is not None and fill(target, expected):
+        return _publish_entry(tmp, target, entry, {"origin": shown, "filename": name, "checksum": str(expected),
+                                                   "fetched": time.time(), "size": target.stat().st_size})
     if not target.is_file():
         try:
             download(url, target, progress=_phase(progress, "download"), opener=opener, sleep=sleep)
@@ -190,6 +200,12 @@ def _fetch_into_cache(url: str, expected: Checksum, name: str, entry: Path, *,
         raise ChecksumError(f"checksum mismatch for {shown}: expected {expected}, got {expected.algo}:{actual}",
                             hint="the download was discarded; if the image was updated upstream, update the "
                                  "checksum (or use checksum-url:)")
+    return _publish_entry(tmp, target, entry, {"origin": shown, "filename": name, "checksum": str(expected),
+                                               "fetched": time.time(), "size": target.stat().st_size})
+
+
+def _publish_entry(tmp: Path, target: Path, entry: Path, meta: dict[str, Any]) -> Path:
+    """Make *tmp* (holding the verified *target*) the base-cache *entry*: read-only image, meta.json, one rename."""
     for leftover in tmp.iterdir():
         if leftover != target:
             leftover.unlink()
@@ -197,24 +213,23 @@ def _fetch_into_cache(url: str, expected: Checksum, name: str, entry: Path, *,
         shutil.rmtree(entry)
     os.chmod(target, 0o444)  # layers back onto it: guard against accidental writes
     fsync_file(target)
-    meta = {"origin": shown, "filename": name, "checksum": str(expected), "fetched": time.time(),
-            "size": target.stat().st_size}
     atomic_write(tmp / _META, json.dumps(meta, indent=2) + "\n")  # fsyncs tmp's entries too
     os.rename(tmp, entry)
     fsync_dir(entry.parent)
-    log.info("cached %s as %s", shown, entry / name)
-    return entry / name
+    log.info("cached %s as %s", meta["origin"], entry / target.name)
+    return entry / target.name
 
 
 def resolve_url(url: str, checksum: Checksum | str | None, *, checksum_url: str | None, cache_dir: Path,
                 progress: BaseProgress | None = None, fmt: str | None = None,
                 opener: urllib.request.OpenerDirector | None = None,
-                sleep: Callable[[float], None] = time.sleep) -> BaseImage:
+                sleep: Callable[[float], None] = time.sleep, fill: Fill | None = None) -> BaseImage:
     """A downloaded base image from the base cache under *cache_dir*, fetching it if absent.
 
     The SUMS file (*checksum_url*) is fetched on every call, so a re-published image is
-    noticed; the image itself only when no verified copy with that checksum is cached.
-    A lock per checksum makes concurrent builds download it once.
+    noticed; the image itself only when no verified copy with that checksum is cached
+    (and *fill*, a remote cache, does not have it). A lock per checksum makes concurrent
+    builds download it once.
     """
     check_url(url)
     name = _url_filename(url)
@@ -227,7 +242,7 @@ def resolve_url(url: str, checksum: Checksum | str | None, *, checksum_url: str 
             path = _cached_file(entry)
             if path is None:
                 path = _fetch_into_cache(url, expected, name, entry, progress=progress, opener=opener,
-                                         sleep=sleep)
+                                         sleep=sleep, fill=fill)
     else:
         log.info("%s: using the cached copy %s", redact_url(url), path)
     image_fmt = _image_format(path, fmt, trusted_backing=False)

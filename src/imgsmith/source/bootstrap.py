@@ -324,13 +324,41 @@ def planned_name(spec: BootstrapSpec) -> str:
     return image_name(spec, cache_key(spec, resolve_sources(spec, profile_for(spec))))
 
 
+def _metadata(spec: BootstrapSpec, key: str, sources: Sources, **more: Any) -> dict[str, Any]:
+    return {"key": key, "builder": BUILDER_VERSION, "spec": spec.model_dump(mode="json"),
+            "sources": [{"mirror": m, "suite": s, "date": d} for m, s, d in sources.suites],
+            "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **more}
+
+
+def _adopt(store: Path, name: str, fill: Callable[[Path], bool], metadata: dict[str, Any]) -> bool:
+    """The image made elsewhere (a remote cache: *fill* writes it, checked) published as *name*; False if not."""
+    dest = store / f"{name}.qcow2"
+    with file_lock(store / f".{name}.lock"):
+        if dest.exists():
+            return True
+        part = store / f".{name}.pull-{os.getpid()}"
+        try:
+            if not fill(part):
+                return False
+            _publish(part, dest, metadata)
+        finally:
+            part.unlink(missing_ok=True)
+    return True
+
+
 def bootstrap_image(spec: BootstrapSpec, *, cache_dir: Path | None = None,
-                    progress: Progress | None = None) -> Path:
-    """Return a cached qcow2 of a bootable cloud image built from *spec*, building it if needed."""
+                    progress: Progress | None = None, fill: Callable[[Path], bool] | None = None,
+                    sources_for: Callable[[BootstrapSpec, DistroProfile], Sources] = resolve_sources) -> Path:
+    """Return a cached qcow2 of a bootable cloud image built from *spec*, building it if needed.
+
+    *fill* (a build farm's remote cache, sharing.py) is asked first when the image is
+    not here: it writes the image made by another host from the same recipe key.
+    *sources_for* resolves the mirrors and their snapshot dates (tests pass fixed ones).
+    """
     say: Progress = progress or (lambda _msg: None)
     profile = profile_for(spec)
     say("checking the mirror's snapshot date")
-    sources = resolve_sources(spec, profile)
+    sources = sources_for(spec, profile)
     key = cache_key(spec, sources)
     store = (cache_dir or cache_root()) / "bootstrap"
     store.mkdir(parents=True, exist_ok=True)
@@ -338,6 +366,9 @@ def bootstrap_image(spec: BootstrapSpec, *, cache_dir: Path | None = None,
     dest = store / f"{name}.qcow2"
     if dest.exists():
         say(f"cached: {dest}")
+        return dest
+    if fill is not None and _adopt(store, name, fill, _metadata(spec, key, sources, pulled=True)):
+        say(f"pulled from the remote cache: {dest}")
         return dest
     _check_host(profile)  # only a build needs root and the tools; a cached image does not
     waiting = "waiting for another build of the same image to finish"
@@ -352,12 +383,7 @@ def bootstrap_image(spec: BootstrapSpec, *, cache_dir: Path | None = None,
         start = time.monotonic()
         try:
             built = _build(spec, profile, sources, work, say)
-            _publish(built, dest, {
-                "key": key, "builder": BUILDER_VERSION, "spec": spec.model_dump(mode="json"),
-                "sources": [{"mirror": m, "suite": s, "date": d} for m, s, d in sources.suites],
-                "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "build_seconds": round(time.monotonic() - start, 1),
-            })
+            _publish(built, dest, _metadata(spec, key, sources, build_seconds=round(time.monotonic() - start, 1)))
         finally:
             partition.reap(work, quiet=True)
     say(f"built in {time.monotonic() - start:.0f} s: {dest}")
