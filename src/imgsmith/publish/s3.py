@@ -63,7 +63,7 @@ class S3Destination(Destination):
         e, a = self.entry, self.artifact
         where = {"Bucket": e.bucket, "Key": self.key}
         meta = {"Metadata": {META: a.sha256}}
-        actions = [Action("s3:HeadBucket", {"Bucket": e.bucket, "region": e.region, "endpoint": e.endpoint}),
+        actions = [Action("s3:HeadBucket", {"Bucket": e.bucket, "region": e.region, "endpoint": self.store_endpoint}),
                    Action("s3:HeadObject", where)]
         if not self.multipart:
             return [*actions, Action("s3:PutObject", {**where, **meta, "file": a.name, "bytes": a.file_size})]
@@ -79,22 +79,45 @@ class S3Destination(Destination):
         from botocore.config import Config
         e = self.entry
         session = boto3.session.Session(region_name=e.region)
-        creds = session.get_credentials()
-        if creds is None:
-            raise PublishError(f"{self.spec.name}: no S3 credentials: set AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or write ~/.aws/credentials")
-        self.credentials = f"{creds.method} (access key {mask(creds.access_key)})"
+        keys = self.store_keys()
+        if keys is None:
+            creds = session.get_credentials()
+            if creds is None:
+                raise PublishError(f"{self.spec.name}: no S3 credentials: set AWS_ACCESS_KEY_ID and "
+                                   "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or write ~/.aws/credentials")
+            self.credentials = f"{creds.method} (access key {mask(creds.access_key)})"
+            given: dict[str, str] = {}
+        else:
+            self.credentials = keys.describe()
+            given = {"aws_access_key_id": keys.key_id, "aws_secret_access_key": keys.secret}
+            if keys.token:
+                given["aws_session_token"] = keys.token
         # The ETag (MD5) of each part is checked against what was sent: no extra CRC pass over every part.
+        # A given endpoint (MinIO, a test server) is addressed by path; a cloud's own one by virtual host.
         config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=10,
                         request_checksum_calculation="when_required",
                         max_pool_connections=max(10, self.options.jobs),
-                        s3={"addressing_style": "path"} if e.endpoint else None)
-        self.client = session.client("s3", endpoint_url=e.endpoint, config=config)
+                        s3={"addressing_style": "path"} if e.endpoint else
+                        {"addressing_style": "virtual"} if self.store_endpoint else None)
+        self.client = session.client("s3", endpoint_url=self.store_endpoint, config=config, **given)
         head = self._call("HeadBucket", Bucket=e.bucket)
-        region = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+        region = self.bucket_region(head.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
         if e.region and region and region != e.region:
             raise PublishError(f"{self.spec.name}: bucket {e.bucket} is in {region}, not {e.region}: "
                                "the bucket must be in the region the image is for")
+
+    @property
+    def store_endpoint(self) -> str | None:
+        """The object store's endpoint URL: the entry's, else boto3's own (AWS S3)."""
+        return str(self.entry.endpoint) if self.entry.endpoint else None
+
+    def store_keys(self) -> Any:
+        """The object store's keys when they are the cloud's own (publish/credentials.py); None: boto3's chain."""
+        return None
+
+    def bucket_region(self, headers: dict[str, str]) -> str | None:
+        """The bucket's region as HeadBucket reports it."""
+        return headers.get("x-amz-bucket-region")
 
     def _call(self, op: str, **kw: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -235,4 +258,4 @@ class S3Destination(Destination):
     def _record(self) -> Record:
         e = self.entry
         return {"url": f"s3://{e.bucket}/{self.key}", "bucket": e.bucket, "key": self.key, "region": e.region,
-                "endpoint": e.endpoint, "etag": self.etag, "status": "uploaded"}
+                "endpoint": self.store_endpoint, "etag": self.etag, "status": "uploaded"}
