@@ -81,6 +81,36 @@ def test_multipart_etag_metadata_bytes_back_and_republish(moto: Server, tmp_path
         assert KEYS["AWS_SECRET_ACCESS_KEY"] not in text
 
 
+def test_build_publish_end_to_end_then_already_published(moto: Server, tmp_path: Path) -> None:
+    """`imgsmith build --publish`: the build, then the upload; the manifest records it; a second run sends nothing."""
+    from publishing import DEFINITION, make_disk
+    b = bucket(moto, "built")
+    make_disk(tmp_path / "disk.raw", 24)
+    (tmp_path / "image.yaml").write_text(DEFINITION.format(publish=entry(moto.url, b)))
+    r = run("build", "image.yaml", "-o", "out", "--publish", "--part-size", "5M", "--publish-jobs", "2",
+            cwd=tmp_path, env=KEYS)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    data = (out / "pubtest.raw").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    key = f"images/pubtest-{sha[:12]}.raw"
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("out/pubtest.qcow2  qcow2  ") and lines[3].startswith("manifest: out/manifest.json")
+    assert lines[4].startswith(f"store: published pubtest.raw -> s3://{b}/{key} ({len(data):,} bytes, ")
+    assert s3(moto).get_object(Bucket=b, Key=key)["Body"].read() == data
+    rec = json.loads((out / "manifest.json").read_text())["published"]["store"]
+    assert (rec["kind"], rec["output"], rec["sha256"], rec["url"], rec["status"]) == (
+        "s3", "pubtest.raw", sha, f"s3://{b}/{key}", "uploaded")
+    r = run("build", "image.yaml", "-o", "out", "--publish", cwd=tmp_path, env=KEYS)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["pubtest: up to date (out)", f"store: unchanged: pubtest.raw is already there "
+                                                                  f"(s3://{b}/{key}); nothing sent"]
+    doc = json.loads(run("build", "image.yaml", "-o", "out", "--publish", "--json", cwd=tmp_path, env=KEYS).stdout)
+    assert [(p["status"], p["sent_bytes"]) for p in doc["published"]] == [("unchanged", 0)]
+    assert json.loads((out / "manifest.json").read_text())["published"]["store"]["published_at"] == \
+        rec["published_at"]
+
+
 def test_killed_upload_resumes(moto: Server, tmp_path: Path) -> None:
     b = bucket(moto, "resume")
     out = build(tmp_path, entry(moto.url, b), mib=64)
@@ -150,7 +180,7 @@ def test_definition_errors_at_load(tmp_path: Path) -> None:
         "imgsmith: error: image.yaml:11:23: publish[2].output: no output named 'nothing' (outputs: pubtest.qcow2, "
         "pubtest.raw, pubtest.vmdk)",
         "imgsmith: error: image.yaml:12:40: publish[3].to: unknown destination kind 'ftp' (known: glance, s3, aws, "
-        "oci://REGISTRY/REPO:TAG)",
+        "aliyun, tencent, oci://REGISTRY/REPO:TAG)",
         "imgsmith: error: image.yaml:13:56: publish[4].bucket: glance does not use bucket",
     ]
 

@@ -49,3 +49,69 @@ def test_layer_is_a_whole_tar(tmp_path: Path) -> None:
         assert (m.uid, m.gid, m.size, m.mode) == (107, 107, 3, 0o444)
         f = tar.extractfile(m)
         assert f is not None and f.read() == b"abc"
+
+
+def test_aliyun_keys_in_the_documented_order(tmp_path: Path) -> None:
+    from imgsmith.publish.base import PublishError
+    from imgsmith.publish.credentials import aliyun_keys
+    home = {"HOME": str(tmp_path)}
+    both = {**home, "ALIBABA_CLOUD_ACCESS_KEY_ID": "LTAIa", "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "sa",
+            "ALICLOUD_ACCESS_KEY": "LTAIb", "ALICLOUD_SECRET_KEY": "sb"}
+    k = aliyun_keys("d", both)
+    assert (k.key_id, k.secret, k.source) == ("LTAIa", "sa", "ALIBABA_CLOUD_ACCESS_KEY_ID")
+    assert "sa" not in repr(k) and k.describe() == "ALIBABA_CLOUD_ACCESS_KEY_ID (key id LTAI…)"
+    k = aliyun_keys("d", {**home, "ALICLOUD_ACCESS_KEY": "LTAIb", "ALICLOUD_SECRET_KEY": "sb"})
+    assert (k.key_id, k.secret) == ("LTAIb", "sb")
+    with pytest.raises(PublishError) as e:
+        aliyun_keys("d", home)
+    assert e.value.message == ("d: no Alibaba Cloud credentials: set ALIBABA_CLOUD_ACCESS_KEY_ID and "
+                               f"ALIBABA_CLOUD_ACCESS_KEY_SECRET, or run `aliyun configure` ({tmp_path}/.aliyun/"
+                               "config.json)")
+    (tmp_path / ".aliyun").mkdir()
+    conf = tmp_path / ".aliyun" / "config.json"
+    conf.write_text(json.dumps({"current": "a", "profiles": [
+        {"name": "a", "mode": "AK", "access_key_id": "LTAIc", "access_key_secret": "sc"},
+        {"name": "sts", "mode": "StsToken", "access_key_id": "STS.d", "access_key_secret": "sd", "sts_token": "t"},
+        {"name": "role", "mode": "EcsRamRole", "ram_role_name": "r"}]}))
+    assert (aliyun_keys("d", home).key_id, aliyun_keys("d", home).source) == ("LTAIc", f"{conf} profile a")
+    k = aliyun_keys("d", {**home, "ALIBABA_CLOUD_PROFILE": "sts"})
+    assert (k.key_id, k.secret, k.token) == ("STS.d", "sd", "t")
+    with pytest.raises(PublishError) as e:
+        aliyun_keys("d", {**home, "ALICLOUD_PROFILE": "role"})
+    assert e.value.message == (f"d: {conf}: profile 'role' is mode EcsRamRole without an access key: imgsmith reads "
+                               "AK and StsToken profiles")
+    with pytest.raises(PublishError) as e:
+        aliyun_keys("d", {**home, "ALIBABA_CLOUD_PROFILE": "nope"})
+    assert e.value.message.startswith(f"d: {conf} has no profile 'nope'")
+
+
+def test_tencent_keys_in_the_documented_order(tmp_path: Path) -> None:
+    from imgsmith.publish.base import PublishError
+    from imgsmith.publish.credentials import tencent_keys
+    home = {"HOME": str(tmp_path)}
+    with pytest.raises(PublishError) as e:
+        tencent_keys("t", home)
+    assert e.value.message == ("t: no Tencent Cloud credentials: set TENCENTCLOUD_SECRET_ID and "
+                               f"TENCENTCLOUD_SECRET_KEY, or run `tccli configure` ({tmp_path}/.tccli/"
+                               "default.credential)")
+    (tmp_path / ".tencentcloud").mkdir()
+    (tmp_path / ".tencentcloud" / "credentials").write_text("[default]\nsecret_id = AKIDini\nsecret_key = sini\n")
+    assert tencent_keys("t", home).key_id == "AKIDini"
+    (tmp_path / ".tccli").mkdir()
+    (tmp_path / ".tccli" / "default.credential").write_text('{"secretId": "AKIDcli", "secretKey": "scli"}')
+    assert (tencent_keys("t", home).key_id, tencent_keys("t", home).secret) == ("AKIDcli", "scli")
+    k = tencent_keys("t", {**home, "TENCENTCLOUD_SECRET_ID": "AKIDenv", "TENCENTCLOUD_SECRET_KEY": "senv"})
+    assert (k.key_id, k.secret, k.source) == ("AKIDenv", "senv", "TENCENTCLOUD_SECRET_ID")
+
+
+def test_part_size_grows_to_stay_within_ten_thousand_parts(tmp_path: Path) -> None:
+    from imgsmith.publish.base import Artifact, PublishOptions
+    from imgsmith.publish.s3 import S3Destination
+    spec = PublishSpec(PublishEntry(name="s", output="x.raw", to="s3", bucket="b"), "s3", "x.raw")
+
+    def dest(size: int) -> S3Destination:
+        art = Artifact(tmp_path / "x.raw", "raw", "plain", None, size, size, "0" * 64, "x")
+        return S3Destination(spec, art, options=PublishOptions())
+    assert (dest(600 << 20).part_size, dest(600 << 20).parts) == (8 << 20, 75)
+    big = dest(200 * 10**9)  # 200 GB: 8 MiB parts would be 23,842
+    assert (big.part_size, big.parts) == (20 << 20, 9537)

@@ -26,7 +26,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("resize", "grow a disk image and its last partition and filesystem"),
     ("check", "check an image against each cloud's import rules (read-only)"),
     ("test", "boot an image under qemu and check it over SSH (the image is not modified)"),
-    ("publish", "upload a build's outputs to Glance, S3, an OCI registry or AWS (an AMI)"),
+    ("publish", "upload a build's outputs to Glance, S3, an OCI registry, AWS, Alibaba Cloud or Tencent Cloud"),
     ("bootstrap", "build a bootable cloud image from packages (Debian/Ubuntu, cached)"),
     ("schema", "print the JSON Schema of definition files (for editors)"),
     ("cache", "list, verify or prune the layer cache (local and remote); make signing keys"),

@@ -49,11 +49,12 @@ def add_options(p: argparse.ArgumentParser, *, prefix: str = "") -> None:
                    help="only this destination (repeatable; default: all)")
     if not prefix:
         p.add_argument("-n", "--dry-run", action="store_true", help="print every request; send nothing")
-    p.add_argument("--part-size", dest="part_size", default="64M", metavar="SIZE",
-                   help="object-store multipart part size (at least 5M; default 64M)")
+    p.add_argument("--part-size", dest="part_size", default="8M", metavar="SIZE",
+                   help="object-store multipart part size (at least 5M; default 8M, grown to stay within "
+                        "10,000 parts)")
     # `build --jobs` is how many builds run at once; there the upload's parallelism is --publish-jobs.
-    p.add_argument("--publish-jobs" if prefix else "--jobs", dest="jobs", type=int, default=4, metavar="N",
-                   help="parts sent in parallel (default 4)")
+    p.add_argument("--publish-jobs" if prefix else "--jobs", dest="jobs", type=int, default=10, metavar="N",
+                   help="parts sent in parallel (default 10)")
     p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
                    help="how long to wait for a destination to report the image ready")
 

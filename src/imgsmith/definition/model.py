@@ -128,12 +128,16 @@ class PublishEntry(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="what `--to` names")
     output: str = Field(description="the output to publish: its file name or its preset")
-    to: str = Field(description="glance | s3 | aws | oci://REGISTRY/REPO:TAG")
+    to: str = Field(description="glance | s3 | aws | aliyun | tencent | oci://REGISTRY/REPO:TAG")
     cloud: str | None = Field(None, description="glance: the clouds.yaml entry (else OS_CLOUD / OS_* variables)")
     endpoint: str | None = Field(None, description="glance: the image endpoint (skips the catalog); s3: the "
                                  "S3-compatible endpoint URL (OSS, COS, MinIO); default: the cloud's own")
-    region: str | None = Field(None, description="s3: the bucket's region")
-    bucket: str | None = Field(None, description="s3: the bucket the object goes into")
+    api_endpoint: str | None = Field(None, alias="api-endpoint",
+                                     description="aliyun, tencent: the ECS/CVM API endpoint URL (default: the "
+                                                 "region's public one)")
+    region: str | None = Field(None, description="s3: the bucket's region; aws, aliyun, tencent: the import's "
+                               "region (the bucket must be in it)")
+    bucket: str | None = Field(None, description="s3: the bucket the object goes into (OSS/COS for aliyun/tencent)")
     key: str | None = Field(None, description="s3: the object name (default: the image name plus the output's "
                             "extension); {name}, {date}, {sha256:12} as for image-name")
     image_name: str = Field("{name}-{date}", alias="image-name",

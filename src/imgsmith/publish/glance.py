@@ -20,7 +20,7 @@ import math
 import os
 from typing import Any
 
-from .base import Action, Destination, PublishError, Reader, Record, image_name, progress_events
+from .base import Action, Chunks, Destination, PublishError, Reader, Record, image_name, progress_events
 
 __all__ = ["GlanceDestination", "glance_properties"]
 
@@ -168,9 +168,10 @@ class GlanceDestination(Destination):
     def upload(self) -> None:
         created = self._call("POST", "/images", json=self.body())
         self.image_id = str(created["id"])
-        reader = Reader(self.artifact.path, progress=progress_events(self.emit, f"{self.spec.name}: upload"))
+        reader = Reader(self.artifact.path, progress=progress_events(self.emit, f"{self.spec.name}: upload"),
+                        background=True)
         try:
-            self._call("PUT", f"/images/{self.image_id}/file", data=reader,
+            self._call("PUT", f"/images/{self.image_id}/file", data=Chunks(reader),
                        headers={"Content-Type": "application/octet-stream"})
         except BaseException:
             self._delete()  # nothing half-registered stays behind

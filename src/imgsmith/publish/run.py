@@ -18,19 +18,22 @@ from typing import Any
 from ..errors import UsageError
 from ..events import Message, Sink, StageFinished, StageKind, StageStarted, discard
 from ..manifest import MANIFEST, read_manifest, write_manifest
+from .aliyun import AliyunDestination
 from .aws import AwsDestination
 from .base import Action, Artifact, Destination, PublishError, PublishOptions, Record
 from .glance import GlanceDestination
 from .oci import OciDestination
 from .s3 import S3Destination
 from .spec import PublishSpec, check_format
+from .tencent import TencentDestination
 
 __all__ = ["DESTINATIONS", "Outcome", "artifact_for", "locate", "publish"]
 
 DESTINATIONS: dict[str, type[Destination]] = {"glance": GlanceDestination, "s3": S3Destination,
-                                              "oci": OciDestination, "aws": AwsDestination}
+                                              "oci": OciDestination, "aws": AwsDestination,
+                                              "aliyun": AliyunDestination, "tencent": TencentDestination}
 # Which cloud's `imgsmith check` judges an output for a destination kind.
-_CHECKED_AS = {"glance": "openstack", "aws": "aws"}
+_CHECKED_AS = {"glance": "openstack", "aws": "aws", "aliyun": "aliyun", "tencent": "tencent"}
 
 
 @dataclass

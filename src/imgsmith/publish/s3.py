@@ -20,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..host.files import atomic_write
 from .base import Action, Destination, PublishError, Reader, Record, image_name, mask, progress_events
 
 __all__ = ["S3Destination"]
 
 META = "imgsmith-sha256"
+MAX_PARTS = 10_000  # S3's (and OSS's, COS's) limit on the parts of one multipart upload
 
 
 def _ext(name: str) -> str:
@@ -51,24 +51,29 @@ class S3Destination(Destination):
         return image_name(e.image_name, self.artifact) + _ext(self.artifact.name)
 
     @property
+    def part_size(self) -> int:
+        """--part-size, grown (in whole MiB) when the file would need more than S3's 10,000 parts."""
+        least = -(-self.artifact.file_size // MAX_PARTS)
+        return max(self.options.part_size, -(-least // (1 << 20)) << 20)
+
+    @property
     def parts(self) -> int:
-        size, part = self.artifact.file_size, self.options.part_size
-        return max(1, -(-size // part))
+        return max(1, -(-self.artifact.file_size // self.part_size))
 
     @property
     def multipart(self) -> bool:
-        return self.artifact.file_size > self.options.part_size
+        return self.artifact.file_size > self.part_size
 
     def plan(self) -> list[Action]:
         e, a = self.entry, self.artifact
         where = {"Bucket": e.bucket, "Key": self.key}
         meta = {"Metadata": {META: a.sha256}}
-        actions = [Action("s3:HeadBucket", {"Bucket": e.bucket, "region": e.region, "endpoint": e.endpoint}),
+        actions = [Action("s3:HeadBucket", {"Bucket": e.bucket, "region": e.region, "endpoint": self.store_endpoint}),
                    Action("s3:HeadObject", where)]
         if not self.multipart:
             return [*actions, Action("s3:PutObject", {**where, **meta, "file": a.name, "bytes": a.file_size})]
         return [*actions, Action("s3:CreateMultipartUpload", {**where, **meta}),
-                Action("s3:UploadPart", {**where, "parts": self.parts, "part_size": self.options.part_size,
+                Action("s3:UploadPart", {**where, "parts": self.parts, "part_size": self.part_size,
                                          "parallel": self.options.jobs, "file": a.name, "bytes": a.file_size}),
                 Action("s3:CompleteMultipartUpload", {**where, "parts": self.parts})]
 
@@ -79,22 +84,45 @@ class S3Destination(Destination):
         from botocore.config import Config
         e = self.entry
         session = boto3.session.Session(region_name=e.region)
-        creds = session.get_credentials()
-        if creds is None:
-            raise PublishError(f"{self.spec.name}: no S3 credentials: set AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or write ~/.aws/credentials")
-        self.credentials = f"{creds.method} (access key {mask(creds.access_key)})"
+        keys = self.store_keys()
+        if keys is None:
+            creds = session.get_credentials()
+            if creds is None:
+                raise PublishError(f"{self.spec.name}: no S3 credentials: set AWS_ACCESS_KEY_ID and "
+                                   "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or write ~/.aws/credentials")
+            self.credentials = f"{creds.method} (access key {mask(creds.access_key)})"
+            given: dict[str, str] = {}
+        else:
+            self.credentials = keys.describe()
+            given = {"aws_access_key_id": keys.key_id, "aws_secret_access_key": keys.secret}
+            if keys.token:
+                given["aws_session_token"] = keys.token
         # The ETag (MD5) of each part is checked against what was sent: no extra CRC pass over every part.
+        # A given endpoint (MinIO, a test server) is addressed by path; a cloud's own one by virtual host.
         config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=10,
                         request_checksum_calculation="when_required",
                         max_pool_connections=max(10, self.options.jobs),
-                        s3={"addressing_style": "path"} if e.endpoint else None)
-        self.client = session.client("s3", endpoint_url=e.endpoint, config=config)
+                        s3={"addressing_style": "path"} if e.endpoint else
+                        {"addressing_style": "virtual"} if self.store_endpoint else None)
+        self.client = session.client("s3", endpoint_url=self.store_endpoint, config=config, **given)
         head = self._call("HeadBucket", Bucket=e.bucket)
-        region = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
+        region = self.bucket_region(head.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
         if e.region and region and region != e.region:
             raise PublishError(f"{self.spec.name}: bucket {e.bucket} is in {region}, not {e.region}: "
                                "the bucket must be in the region the image is for")
+
+    @property
+    def store_endpoint(self) -> str | None:
+        """The object store's endpoint URL: the entry's, else boto3's own (AWS S3)."""
+        return str(self.entry.endpoint) if self.entry.endpoint else None
+
+    def store_keys(self) -> Any:
+        """The object store's keys when they are the cloud's own (publish/credentials.py); None: boto3's chain."""
+        return None
+
+    def bucket_region(self, headers: dict[str, str]) -> str | None:
+        """The bucket's region as HeadBucket reports it."""
+        return headers.get("x-amz-bucket-region")
 
     def _call(self, op: str, **kw: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -162,7 +190,7 @@ class S3Destination(Destination):
     def _resume_or_start(self) -> dict[str, Any]:
         """The state of an interrupted upload of these same bytes, checked with the store, or a new upload."""
         a, e = self.artifact, self.entry
-        want = {"bucket": e.bucket, "key": self.key, "sha256": a.sha256, "part_size": self.options.part_size}
+        want = {"bucket": e.bucket, "key": self.key, "sha256": a.sha256, "part_size": self.part_size}
         try:
             state = json.loads(self.state_path.read_text())
         except (OSError, ValueError):
@@ -187,12 +215,20 @@ class S3Destination(Destination):
         return state
 
     def _save(self, state: dict[str, Any]) -> None:
+        """Written after every part: atomic (temp file + rename) but not fsync'ed.
+
+        A killed run finds it whole (the page cache survives a kill); after a power loss it may be
+        stale or missing, which only means re-sending parts (the store is asked which it has).
+        Two fsyncs per part, taken under the parts' lock, held every other part up on a busy disk.
+        """
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.state_path, json.dumps(state, indent=1) + "\n")
+        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state, indent=1) + "\n")
+        os.replace(tmp, self.state_path)
 
     def _upload_parts(self, state: dict[str, Any], report: Any) -> None:
         a, e = self.artifact, self.entry
-        size, part = a.file_size, self.options.part_size
+        size, part = a.file_size, self.part_size
         todo = [n for n in range(1, self.parts + 1) if str(n) not in state["parts"]]
         lock = threading.Lock()
         done = [sum(min(part, size - (int(n) - 1) * part) for n in state["parts"])]
@@ -235,4 +271,4 @@ class S3Destination(Destination):
     def _record(self) -> Record:
         e = self.entry
         return {"url": f"s3://{e.bucket}/{self.key}", "bucket": e.bucket, "key": self.key, "region": e.region,
-                "endpoint": e.endpoint, "etag": self.etag, "status": "uploaded"}
+                "endpoint": self.store_endpoint, "etag": self.etag, "status": "uploaded"}

@@ -24,18 +24,25 @@ __all__ = ["ACCEPTS", "KINDS", "OciRef", "PublishSpec", "check_format", "parse_o
 ACCEPTS: dict[str, tuple[str, ...]] = {
     "glance": ("qcow2", "raw", "vmdk", "vpc", "vhdx", "vdi"),
     "aws": ("raw", "vmdk", "vpc"),
+    # ECS ImportImage DiskDeviceMapping.N.Format: RAW, VHD, QCOW2 (VMDK is an invitational preview, left out).
+    "aliyun": ("qcow2", "raw", "vpc"),
+    # CVM ImportImage: "RAW, VHD, QCOW2 and VMDK" (https://www.tencentcloud.com/document/product/213/33270).
+    "tencent": ("qcow2", "raw", "vpc", "vmdk"),
     "oci": ("qcow2", "raw"),
     "s3": (),
 }
-KINDS = ("glance", "s3", "aws")  # plus oci://REGISTRY/REPO:TAG
+KINDS = ("glance", "s3", "aws", "aliyun", "tencent")  # plus oci://REGISTRY/REPO:TAG
 # The optional keys each kind reads; any other optional key set on an entry is refused.
 _KEYS: dict[str, frozenset[str]] = {
     "glance": frozenset({"cloud", "endpoint", "image_name", "properties", "visibility", "tags"}),
     "s3": frozenset({"endpoint", "region", "bucket", "key", "image_name", "tags"}),
     "oci": frozenset({"insecure"}),
     "aws": frozenset({"endpoint", "region", "bucket", "key", "image_name", "tags"}),
+    "aliyun": frozenset({"endpoint", "api_endpoint", "region", "bucket", "key", "image_name", "tags"}),
+    "tencent": frozenset({"endpoint", "api_endpoint", "region", "bucket", "key", "image_name", "tags"}),
 }
-_OPTIONAL = ("cloud", "endpoint", "region", "bucket", "key", "image_name", "properties", "visibility", "tags",
+_OPTIONAL = ("cloud", "endpoint", "api_endpoint", "region", "bucket", "key", "image_name", "properties", "visibility",
+             "tags",
              "insecure")
 _OCI = re.compile(r"^oci://(?P<registry>[A-Za-z0-9.-]+(?::\d+)?)/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)"
                   r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?$")
@@ -116,9 +123,10 @@ def resolve_entries(entries: Sequence[PublishEntry], outputs: Sequence[tuple[str
         if kind == "s3" and not entry.bucket:
             found.append((where, "an s3 destination needs bucket:"))
             continue
-        if kind == "aws" and not (entry.bucket and entry.region):
-            found.append((where, "an aws destination needs region: and bucket: (the import reads the bucket "
-                                 "of its own region)"))
+        if kind in ("aws", "aliyun", "tencent") and not (entry.bucket and entry.region):
+            article = "an" if kind[0] in "aeiou" else "a"
+            found.append((where, f"{article} {kind} destination needs region: and bucket: (the import reads the "
+                                 "bucket of its own region)"))
             continue
         match = [o for o in outputs if entry.output in (o[0], o[1])]
         if not match:
