@@ -20,7 +20,6 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ..clouds import ready as _cloud_ready  # noqa: F401 -- registers `cloud-ready` in the registry
 from ..disk.sizes import SizeSpec
 from ..errors import DefinitionError, Problem, UsageError
 from ..ops import CUSTOMIZE_OPERATIONS
@@ -136,6 +135,15 @@ def _model_problems(file: Path, loc: Located, exc: ValidationError) -> list[Prob
     return problems
 
 
+def _operation(name: str) -> type[Operation] | None:
+    """The registered operation *name*. ``cloud-ready`` registers itself from clouds/ (it is made of
+    the cloud rules, a layer above ops/), so the rules are imported only by a definition that uses
+    it or names an operation ops/ does not have (then the suggestions see every operation)."""
+    if name not in CUSTOMIZE_OPERATIONS:
+        from ..clouds import ready  # noqa: F401 -- registers `cloud-ready`
+    return CUSTOMIZE_OPERATIONS.get(name)
+
+
 def _step_ops(file: Path, loc: Located, check_files: bool) -> tuple[list[list[Operation]], list[Problem]]:
     """Parse every step of the raw data, even when the model has other problems (report all at once)."""
     ctx = ParseContext(base_dir=file.parent, check_files=check_files, origin=str(file))
@@ -151,7 +159,7 @@ def _step_ops(file: Path, loc: Located, check_files: bool) -> tuple[list[list[Op
                 problems.append(_problem(file, loc, path, "a step is one mapping {operation: value}"))
                 continue
             (name, value), = step.items()
-            cls = CUSTOMIZE_OPERATIONS.get(name)
+            cls = _operation(name)
             if cls is None:
                 close = [n for n in CUSTOMIZE_OPERATIONS if n.split("-")[0] == name.split("-")[0]][:3]
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
