@@ -476,6 +476,12 @@ def _refused(result: BuildResult) -> list[str]:
 
 def _boot_test(loaded: LoadedDefinition, results: list[ConvertResult], final: tuple[Path, str], emit: Sink,
                timings: dict[str, float]) -> dict[str, Any]:
+    """Boot the result once per firmware (``test: {firmware: [...]}``, else all its layout supports).
+
+    The manifest's ``boot_test`` is the first boot's verdict; with several firmwares it also
+    lists each one under ``by_firmware`` and ``passed`` holds only when all passed.
+    """
+    from .boot.machines import machines_for
     from .boot.test import Timeouts, boot_test
     section = loaded.definition.test
     checks = [c.to_check() for c in section.checks] if section else []
@@ -483,13 +489,22 @@ def _boot_test(loaded: LoadedDefinition, results: list[ConvertResult], final: tu
     image, fmt = (bootable.path, bootable.format) if bootable else final
     # One meaning of a timeout: the same as `imgsmith test --timeout` (the guest must finish booting within it).
     limits = Timeouts.for_total(accel.detect().name, section.timeout) if section and section.timeout else None
-    with _stage(emit, StageStarted(StageKind.BOOT, image.name), timings, "boot_test"):
-        outcome = boot_test(image, fmt, checks=checks, progress=lambda m: emit(Message(m)), timeouts=limits,
-                            cloud=section.cloud if section else None)
-    data: dict[str, Any] = outcome.to_dict()
-    if not outcome.passed and (section is None or section.required):
-        failed = [c for c in data.get("checks", []) if not c.get("passed")]
-        raise ImgsmithError(f"boot test: {len(failed)} check(s) failed: "
-                            + "; ".join(f"{c.get('run')!r}" for c in failed))
+    verdicts: list[dict[str, Any]] = []
+    for i, machine in enumerate(machines_for(image, fmt, section.firmware if section else ())):
+        key = "boot_test" if i == 0 else f"boot_test_{machine.firmware}".replace("-", "_")
+        with _stage(emit, StageStarted(StageKind.BOOT, f"{image.name} ({machine.firmware})"), timings, key):
+            outcome = boot_test(image, fmt, checks=checks, progress=lambda m: emit(Message(m)), timeouts=limits,
+                                cloud=section.cloud if section else None, machine=machine)
+        verdict = outcome.to_dict()
+        verdicts.append(verdict)
+        if not outcome.passed and (section is None or section.required):
+            failed = [f"{c.get('run')!r}" for c in verdict.get("checks", []) if not c.get("passed")]
+            failed += list(outcome.boot.findings) if outcome.boot else []
+            raise ImgsmithError(f"boot test with {machine.firmware} firmware: {len(failed)} check(s) failed: "
+                                + "; ".join(failed))
+    data: dict[str, Any] = dict(verdicts[0])
+    if len(verdicts) > 1:
+        data["by_firmware"] = verdicts
+        data["passed"] = all(v["passed"] for v in verdicts)
     return data
 
