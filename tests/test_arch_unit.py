@@ -257,3 +257,12 @@ def test_binfmt_problems_name_the_fix(tmp_path: Path) -> None:
     (tmp_path / "qemu-aarch64").write_text("enabled\nflags: PF\n")
     assert binfmt_problem("arm64", tmp_path) is None
 
+
+
+def test_grubs_efi_banner_is_not_the_init_system() -> None:
+    from imgsmith.boot.console import ConsoleParser, Stage
+    parser = ConsoleParser("MARK")
+    parser.feed("Welcome to GRUB!\n", 1.0)
+    assert Stage.INIT not in parser.state.reached
+    parser.feed("Welcome to Debian GNU/Linux 12 (bookworm)!\n", 2.0)
+    assert parser.state.reached[Stage.INIT] == 2.0

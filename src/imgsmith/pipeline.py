@@ -339,6 +339,7 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     result.checks = _check_outputs(the_plan, result.outputs, final, emit=emit, timings=timings, enabled=options.check)
     refused = _refused(result)
     record = _manifest(the_plan, result, facts=facts, backend=backend, accel_name=accel.detect().name)
+    record["boot"] = boot_record(*final, facts)
     with _stage(emit, StageStarted(StageKind.MANIFEST, os.fspath(out_dir / "manifest.json"))), \
             _doing(f"writing the manifest into {out_dir}"):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -355,6 +356,21 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
         with _doing(f"writing the manifest into {out_dir}"):
             write_manifest(out_dir, {**record, "boot_test": result.boot})
     return result
+
+
+def boot_record(path: Path, fmt: str, facts: GuestFacts | None) -> dict[str, Any]:
+    """How the result boots, for the manifest (and publish, which takes the firmware from it).
+
+    ``firmware`` is the layout's boot mode (bios, uefi or hybrid), ``secure_boot`` whether a
+    signed shim is the ESP's boot loader, ``arch`` the guest's (inspection's, else the ESP's).
+    """
+    from .disk.layout import read_layout
+    from .host.binfmt import normalise
+    layout = read_layout(path, fmt)
+    arch = normalise(facts.arch) if facts is not None and facts.arch not in ("", "unknown") else (
+        layout.efi_arch or "amd64")
+    return {"arch": arch, "firmware": layout.boot_mode, "secure_boot": layout.shim,
+            "partition_table": layout.table, "firmwares": list(layout.firmwares)}
 
 
 def _manifest(plan: BuildPlan, result: BuildResult, *, facts: GuestFacts | None, backend: str | None,
