@@ -56,6 +56,11 @@ def test_amd64_hybrid_boots_under_seabios_and_ovmf(tmp_path: Path) -> None:
     assert layout.partitions[-1].name == "root" and layout.efi_arch == "amd64" and not layout.shim
     assert layout.esp_files == ("BOOTX64.EFI",)
     assert [m.firmware for m in machines_for(image, "qcow2")] == [Firmware.BIOS, Firmware.UEFI]
+    info = subprocess.run([*IMGSMITH, "info", str(image)], check=True, capture_output=True, text=True).stdout
+    rows = [line.strip() for line in info.splitlines()]
+    assert "boot mode:        hybrid (boots with bios, uefi)" in rows
+    assert "partition 2:    126 MiB at 2 MiB, EFI System 'esp'" in rows
+    assert "EFI boot loader:  amd64, EFI/BOOT: BOOTX64.EFI" in rows
 
     checks = ["--check", "findmnt -no FSTYPE /boot/efi=vfat",
               "--check", "findmnt -no SOURCE / | xargs -r blkid -s TYPE -o value=ext4",

@@ -266,3 +266,35 @@ def test_grubs_efi_banner_is_not_the_init_system() -> None:
     assert Stage.INIT not in parser.state.reached
     parser.feed("Welcome to Debian GNU/Linux 12 (bookworm)!\n", 2.0)
     assert parser.state.reached[Stage.INIT] == 2.0
+
+
+def test_publish_takes_the_firmware_from_the_manifest(tmp_path: Path) -> None:
+    from imgsmith.publish.firmware import firmware_for
+    missing = tmp_path / "absent.raw"  # not read when the manifest says how it boots
+    assert firmware_for({"boot": {"firmware": "hybrid"}}, missing, "raw") == "bios"
+    assert firmware_for({"boot": {"firmware": "uefi"}}, missing, "raw") == "uefi"
+    assert firmware_for({"boot": {"firmware": "bios"}}, missing, "raw") == "bios"
+    disk = tmp_path / "uefi.raw"
+    disk.write_bytes(_gpt_head([ESP, LINUX]))
+    assert firmware_for({}, disk, "raw") == "uefi"  # an older manifest: read from the partition table
+
+
+def test_doctor_reports_arm64_binfmt_and_the_firmware_found() -> None:
+    import subprocess
+    import sys
+
+    from imgsmith.host.binfmt import binfmt_problem
+    r = subprocess.run([sys.executable, "-m", "imgsmith.cli.main", "doctor", "--no-launch", "--json"],
+                       capture_output=True, text=True, check=True, timeout=300)
+    report = json.loads(r.stdout)
+    problem = binfmt_problem("arm64")
+    assert report["binfmt_arm64"] == ("registered (arm64 bootstrap and chroot customize work)" if problem is None
+                                      else f"unavailable: {problem}")
+    for key, arch, secure in (("firmware_uefi_x86_64", "x86_64", False),
+                              ("firmware_secure_boot_x86_64", "x86_64", True),
+                              ("firmware_uefi_aarch64", "aarch64", False)):
+        try:
+            expected = find_uefi(arch, secure_boot=secure).describe()
+        except UsageError as exc:
+            expected = f"not found ({exc.hint})"
+        assert report[key] == expected

@@ -188,7 +188,7 @@ def _fetch_base(loaded: LoadedDefinition, cache: Path, key: BaseKey, emit: Sink)
     from .source.bootstrap import bootstrap_image
     assert src.bootstrap is not None
     spec = src.bootstrap
-    with _stage(emit, StageStarted(StageKind.SOURCE, f"bootstrap {spec.distro} {spec.release}")):
+    with _stage(emit, StageStarted(StageKind.SOURCE, f"bootstrap {spec.describe()}")):
         path = bootstrap_image(spec, cache_dir=cache / "bootstrap", progress=lambda m: emit(Message(m)))
     return BaseRef(key, path, probe_format(path))
 

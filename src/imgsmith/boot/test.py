@@ -151,7 +151,7 @@ class Timeouts:
         return cls.for_accelerator(name, seconds / base.deadlines[Stage.MARKER])
 
 
-ARM64_TCG_FACTOR = 1.0
+ARM64_TCG_FACTOR = 2.0
 """arm64 under TCG on an amd64 host, relative to an amd64 TCG boot: see docs/boot.md for the measured figures."""
 
 _QEMU_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}

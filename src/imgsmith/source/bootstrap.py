@@ -138,6 +138,12 @@ class BootstrapSpec(BaseModel):
             return self.firmware
         return "uefi" if self.arch == "arm64" else "bios"
 
+    def describe(self) -> str:
+        """``debian bookworm``, plus the architecture and firmware when not the old default (amd64, BIOS)."""
+        extra = "" if (self.arch, self.boot_firmware, self.secure_boot) == ("amd64", "bios", False) else (
+            f" {self.arch} {self.boot_firmware}" + (" secure-boot" if self.secure_boot else ""))
+        return f"{self.distro} {self.release}{extra}"
+
     @property
     def layout(self) -> partition.Layout:
         return partition.layout_for(self.partitioning, self.boot_firmware)
