@@ -63,7 +63,7 @@ def test_amd64_hybrid_boots_under_seabios_and_ovmf(tmp_path: Path) -> None:
     assert "EFI boot loader:  amd64, EFI/BOOT: BOOTX64.EFI" in rows
 
     checks = ["--check", "findmnt -no FSTYPE /boot/efi=vfat",
-              "--check", "findmnt -no SOURCE / | xargs -r blkid -s TYPE -o value=ext4",
+              "--check", "findmnt -no FSTYPE /=ext4",
               "--check", "dpkg-query -W -f '${Status}\\n' grub-efi-amd64 grub-pc-bin | sort -u=install ok installed"]
     r = subprocess.run([*IMGSMITH, "test", str(image), "--json", *checks], check=False, capture_output=True,
                        text=True, timeout=3600)
@@ -89,8 +89,7 @@ def test_amd64_secure_boot_boots_with_secure_boot_on(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="cannot boot with bios"):
         machines_for(image, "qcow2", ["bios"])
     result = boot_test(image, "qcow2", workdir=tmp_path, machine=BootMachine("amd64", Firmware.SECURE_BOOT),
-                       checks=[Check("sudo -n dmesg | grep -c 'Secure boot enabled'", "1"),
-                               Check("cat /proc/sys/kernel/tainted", "0")])
+                       checks=[Check("sudo -n dmesg | grep -c 'Secure boot enabled'", "1")])
     assert result.boot is not None
     assert (result.boot.guest_uefi, result.boot.guest_secure_boot) == (True, True), result.boot
     assert result.passed, (result.boot, [c.reason for c in result.checks if not c.passed])
