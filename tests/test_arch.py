@@ -115,8 +115,8 @@ def test_arm64_customized_through_chroot_boots_under_aavmf(arm64_image: Path, tm
                         "--run-command", "true"], check=False, capture_output=True, text=True, timeout=900)
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("imgsmith: error:")]
-    assert lines == ["imgsmith: error: the appliance cannot run arm64 programs (this guest's), so operations that "
-                     "run commands in it need the chroot backend"], r.stderr
+    assert lines == ["imgsmith: error: step 1 --run-command true: the appliance cannot run arm64 programs (this "
+                     "guest's), so operations that run commands in it need the chroot backend"], r.stderr
     assert (disk.read_bytes()[:1 << 20], disk.stat().st_size) == before
 
     start = time.monotonic()
