@@ -9,6 +9,9 @@ PKGS=(
   linux-image-amd64 xfsprogs e2fsprogs fdisk busybox-static mmdebstrap debootstrap
   bubblewrap fuse3 cloud-guest-utils
   docker-registry skopeo  # an OCI registry started on 127.0.0.1 by the remote cache and publish tests, and a client
+  # UEFI and arm64 (issue 16): firmware for qemu, the arm64 system emulator, foreign-architecture
+  # chroots through binfmt_misc, and the tools that write an ESP without mounting vfat
+  ovmf qemu-efi-aarch64 qemu-system-arm qemu-user-static binfmt-support mtools dosfstools
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -19,6 +22,19 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Foreign-architecture chroots (arm64 on amd64) need binfmt_misc mounted and qemu-aarch64
+# registered; binfmt-support registers what qemu-user-static ships. Both steps are idempotent.
+if [ "$(id -u)" -eq 0 ]; then
+  if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null \
+      || echo "setup: could not mount binfmt_misc (arm64 builds will not work)"
+  fi
+  if [ -e /proc/sys/fs/binfmt_misc/register ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+    update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || update-binfmts --import qemu-aarch64 >/dev/null 2>&1 \
+      || echo "setup: could not register qemu-aarch64 with binfmt_misc"
+  fi
 fi
 
 stamp=.venv/.imgsmith-setup

@@ -217,25 +217,42 @@ def test_sigterm_unwinds_and_kill9_is_swept_by_the_next_run(fresh_guest: Callabl
     assert files["/after"] == b"" and files["/etc/motd"] != b"changed"
 
 
+def _fake_arch_guest(fresh_guest: Callable[..., Path], machine: int) -> Path:
+    """A debian12 fixture whose bash is an ELF header of another machine (inspection reads the arch from it)."""
+    elf = bytearray(64)
+    elf[:7] = b"\x7fELF\x02\x01\x01"
+    elf[18:20] = machine.to_bytes(2, "little")
+    return fresh_guest("debian12", extra={"/usr/bin/bash": bytes(elf)})  # /bin is a link to usr/bin
+
+
 @pytest.mark.guest
 @ROOT_ONLY
 def test_foreign_architecture_errors_or_falls_back(fresh_guest: Callable[..., Path]) -> None:
-    """An aarch64 guest cannot run on this host: chroot says so; auto falls back to the appliance."""
-    elf = bytearray(64)
-    elf[:7] = b"\x7fELF\x02\x01\x01"
-    elf[18:20] = (0xB7).to_bytes(2, "little")  # EM_AARCH64
-    disk = fresh_guest("debian12", extra={"/usr/bin/bash": bytes(elf)})  # /bin is a link to usr/bin
+    """A riscv64 guest has no qemu-user handler here: chroot says so; auto falls back to the appliance.
+    An aarch64 guest does (qemu-aarch64 through binfmt_misc): the chroot backend takes it."""
+    disk = _fake_arch_guest(fresh_guest, 0xF3)  # EM_RISCV
     before = sha256_file(disk)
     r = subprocess.run([*IMGSMITH, "customize", "-a", str(disk), "--backend", "chroot", "--touch", "/x"],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 1 and sha256_file(disk) == before
-    assert "imgsmith: error: the guest is aarch64 and this host is x86_64: its programs cannot run here" in r.stderr
+    assert ("imgsmith: error: the guest is riscv64 and this host is x86_64: no qemu-user handler known for "
+            "riscv64") in r.stderr
     r = subprocess.run([*IMGSMITH, "customize", "-a", str(disk), "--trust-image", "--touch", "/x", "--json"],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert (out["backend"], out["launches"]) == ("appliance", 1)
     assert "/x" in tree(disk)
+
+    from imgsmith.host.binfmt import binfmt_problem
+    if binfmt_problem("arm64") is not None:
+        pytest.skip(f"arm64 through qemu-user: {binfmt_problem('arm64')}")
+    arm = _fake_arch_guest(fresh_guest, 0xB7)  # EM_AARCH64: file operations need no program of the guest
+    r = subprocess.run([*IMGSMITH, "customize", "-a", str(arm), "--backend", "chroot", "--touch", "/y", "--json"],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["backend"] == "chroot"
+    assert "/y" in tree(arm)
 
 
 def _two_os_disk(tmp: Path) -> Path:

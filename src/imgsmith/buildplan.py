@@ -188,7 +188,7 @@ def plan_base(loaded: LoadedDefinition, cache: Path) -> BaseKey:
     from .source.bootstrap import planned_name
     assert src.bootstrap is not None
     spec = src.bootstrap
-    return BaseKey(f"bootstrap:{planned_name(spec)}", f"bootstrap {spec.distro} {spec.release}", None,
+    return BaseKey(f"bootstrap:{planned_name(spec)}", f"bootstrap {spec.describe()}", None,
                    verified=True)
 
 

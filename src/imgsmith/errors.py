@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "ChecksumError",
     "DefinitionError",
+    "ForeignArchError",
     "GuestError",
     "HostIOError",
     "ImageError",
@@ -94,6 +95,14 @@ class ProcessError(ImgsmithError):
 
 class GuestError(ImgsmithError):
     """Something inside the guest failed or was not as expected (no OS, command failed)."""
+
+
+class ForeignArchError(GuestError):
+    """A command cannot run in this guest at all: its architecture is not the appliance's.
+
+    Kept apart from a command that ran and failed, so the operation reports this cause
+    as it is instead of "command exited with an error".
+    """
 
 
 class OperationError(ImgsmithError):

@@ -198,7 +198,7 @@ def _fetch_base(loaded: LoadedDefinition, cache: Path, key: BaseKey, emit: Sink,
     from .source.bootstrap import bootstrap_image
     assert src.bootstrap is not None
     spec = src.bootstrap
-    with _stage(emit, StageStarted(StageKind.SOURCE, f"bootstrap {spec.distro} {spec.release}")):
+    with _stage(emit, StageStarted(StageKind.SOURCE, f"bootstrap {spec.describe()}")):
         path = bootstrap_image(spec, cache_dir=cache / "bootstrap", progress=lambda m: emit(Message(m)),
                                fill=None if sharing is None else (lambda dest: sharing.fill_base(key, dest, emit)))
     return BaseRef(key, path, probe_format(path))
@@ -391,6 +391,7 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     # probe, which boots a test guest on a host that has not cached its verdict yet (a fresh CI runner).
     accel_name = accel.detect().name if result.launches else None
     record = _manifest(the_plan, result, facts=facts, backend=backend, accel_name=accel_name)
+    record["boot"] = boot_record(*final, facts)
     with _stage(emit, StageStarted(StageKind.MANIFEST, os.fspath(out_dir / "manifest.json"))), \
             _doing(f"writing the manifest into {out_dir}"):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -407,6 +408,21 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
         with _doing(f"writing the manifest into {out_dir}"):
             write_manifest(out_dir, {**record, "boot_test": result.boot})
     return result
+
+
+def boot_record(path: Path, fmt: str, facts: GuestFacts | None) -> dict[str, Any]:
+    """How the result boots, for the manifest (and publish, which takes the firmware from it).
+
+    ``firmware`` is the layout's boot mode (bios, uefi or hybrid), ``secure_boot`` whether a
+    signed shim is the ESP's boot loader, ``arch`` the guest's (inspection's, else the ESP's).
+    """
+    from .disk.layout import read_layout
+    from .host.binfmt import normalise
+    layout = read_layout(path, fmt)
+    arch = normalise(facts.arch) if facts is not None and facts.arch not in ("", "unknown") else (
+        layout.efi_arch or "amd64")
+    return {"arch": arch, "firmware": layout.boot_mode, "secure_boot": layout.shim,
+            "partition_table": layout.table, "firmwares": list(layout.firmwares)}
 
 
 def _manifest(plan: BuildPlan, result: BuildResult, *, facts: GuestFacts | None, backend: str | None,
@@ -528,6 +544,12 @@ def _refused(result: BuildResult) -> list[str]:
 
 def _boot_test(loaded: LoadedDefinition, results: list[ConvertResult], final: tuple[Path, str], emit: Sink,
                timings: dict[str, float], *, trusted: bool) -> dict[str, Any]:
+    """Boot the result once per firmware (``test: {firmware: [...]}``, else all its layout supports).
+
+    The manifest's ``boot_test`` is the first boot's verdict; with several firmwares it also
+    lists each one under ``by_firmware`` and ``passed`` holds only when all passed.
+    """
+    from .boot.machines import machines_for
     from .boot.test import Timeouts, boot_test
     section = loaded.definition.test
     checks = [c.to_check() for c in section.checks] if section else []
@@ -535,13 +557,23 @@ def _boot_test(loaded: LoadedDefinition, results: list[ConvertResult], final: tu
     image, fmt = (bootable.path, bootable.format) if bootable else final
     # One meaning of a timeout: the same as `imgsmith test --timeout` (the guest must finish booting within it).
     limits = Timeouts.for_total(accel.detect().name, section.timeout) if section and section.timeout else None
-    with _stage(emit, StageStarted(StageKind.BOOT, image.name), timings, "boot_test"):
-        outcome = boot_test(image, fmt, checks=checks, progress=lambda m: emit(Message(m)), timeouts=limits,
-                            cloud=section.cloud if section else None, trusted=trusted)
-    data: dict[str, Any] = outcome.to_dict()
-    if not outcome.passed and (section is None or section.required):
-        failed = [c for c in data.get("checks", []) if not c.get("passed")]
-        raise ImgsmithError(f"boot test: {len(failed)} check(s) failed: "
-                            + "; ".join(f"{c.get('run')!r}" for c in failed))
+    verdicts: list[dict[str, Any]] = []
+    for i, machine in enumerate(machines_for(image, fmt, section.firmware if section else ())):
+        key = "boot_test" if i == 0 else f"boot_test_{machine.firmware}".replace("-", "_")
+        with _stage(emit, StageStarted(StageKind.BOOT, f"{image.name} ({machine.firmware})"), timings, key):
+            outcome = boot_test(image, fmt, checks=checks, progress=lambda m: emit(Message(m)), timeouts=limits,
+                                cloud=section.cloud if section else None, machine=machine,
+                                trusted=trusted)
+        verdict = outcome.to_dict()
+        verdicts.append(verdict)
+        if not outcome.passed and (section is None or section.required):
+            failed = [f"{c.get('run')!r}" for c in verdict.get("checks", []) if not c.get("passed")]
+            failed += list(outcome.boot.findings) if outcome.boot else []
+            raise ImgsmithError(f"boot test with {machine.firmware} firmware: {len(failed)} check(s) failed: "
+                                + "; ".join(failed))
+    data: dict[str, Any] = dict(verdicts[0])
+    if len(verdicts) > 1:
+        data["by_firmware"] = verdicts
+        data["passed"] = all(v["passed"] for v in verdicts)
     return data
 

@@ -55,7 +55,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78DEHM
 
 _STAGE_PATTERNS: tuple[tuple[Stage, re.Pattern[str]], ...] = (
     (Stage.KERNEL, re.compile(r"Linux version \d")),
-    (Stage.INIT, re.compile(r"^Welcome to .+!\s*$|systemd\[1\]: ")),
+    # systemd's "Welcome to Debian GNU/Linux 12 (bookworm)!", not GRUB's EFI banner "Welcome to GRUB!"
+    (Stage.INIT, re.compile(r"^Welcome to (?!GRUB!).+!\s*$|systemd\[1\]: ")),
     (Stage.LOGIN_PROMPT, re.compile(r"^\S+ login:(\s|$)")),
     (Stage.CLOUD_INIT_FINAL, re.compile(r"Cloud-init v\. \S+ running 'modules:final'")),
 )

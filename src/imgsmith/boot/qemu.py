@@ -29,14 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from .. import proc
+from .firmware import UefiFirmware
 
-__all__ = ["GUEST_MAC", "GuestForward", "QemuConfig", "QemuProcess", "UserNetwork", "free_port", "netdev_arg",
-           "qemu_argv", "qmp_command"]
+__all__ = ["GUEST_MAC", "QEMU_AARCH64", "GuestForward", "QemuConfig", "QemuProcess", "UserNetwork", "free_port",
+           "machine_args", "netdev_arg", "qemu_argv", "qmp_command"]
 
 log = logging.getLogger("imgsmith.boot")
 
 QEMU = "qemu-system-x86_64"
+QEMU_AARCH64 = "qemu-system-aarch64"
 TCG_CPU = "Nehalem"
+TCG_CPU_AARCH64 = "max,pauth-impdef=on"
+"""``max`` with an implementation-defined pointer-authentication hash: the architected QARMA
+hash is what makes ``-cpu max`` slow under TCG."""
 GUEST_MAC = "52:54:00:12:34:56"
 """The NIC's MAC, fixed because datasources describe the NIC by it (network_data.json, EC2's ``macs/``)."""
 
@@ -78,6 +83,12 @@ class QemuConfig:
     network: UserNetwork = UserNetwork()
     smbios: tuple[str, ...] = ()
     """``-smbios`` values (``type=1,manufacturer=...``): what the guest's DMI says the platform is."""
+    arch: str = "x86_64"
+    """qemu's name of the guest architecture: x86_64 (q35) or aarch64 (virt)."""
+    uefi: UefiFirmware | None = None
+    """UEFI firmware on pflash (None: SeaBIOS, x86_64 only); Secure Boot when the firmware enforces it."""
+    uefi_vars: Path | None = None
+    """This boot's own copy of the variable store (never the firmware's template)."""
 
 
 def _opt(value: str | os.PathLike[str]) -> str:
@@ -105,12 +116,10 @@ def qemu_argv(cfg: QemuConfig) -> list[str]:
     ``-no-reboot`` turns a guest reboot or panic-reboot into a qemu exit the test
     notices at once.
     """
-    cpu = "host" if cfg.accel == "kvm" else TCG_CPU
     return [
         cfg.binary,
         "-name", "imgsmith-boot-test",
-        "-machine", f"q35,accel={cfg.accel}",
-        "-cpu", cpu,
+        *machine_args(cfg),
         "-m", str(cfg.memory_mib),
         "-smp", str(cfg.cpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -125,6 +134,28 @@ def qemu_argv(cfg: QemuConfig) -> list[str]:
         "-device", "virtio-rng-pci",
         *(arg for value in cfg.smbios for arg in ("-smbios", value)),
     ]
+
+
+def machine_args(cfg: QemuConfig) -> list[str]:
+    """Machine, CPU and firmware: q35 (SeaBIOS or OVMF) or virt (AAVMF); Secure Boot needs SMM.
+
+    OVMF's Secure Boot build keeps its variable store safe from the OS only with SMM on and
+    the pflash marked secure; without both it refuses to start.
+    """
+    if cfg.arch == "aarch64":
+        machine, cpu = f"virt,accel={cfg.accel}", "host" if cfg.accel == "kvm" else TCG_CPU_AARCH64
+    else:
+        smm = ",smm=on" if cfg.uefi is not None and cfg.uefi.requires_smm else ""
+        machine, cpu = f"q35{smm},accel={cfg.accel}", "host" if cfg.accel == "kvm" else TCG_CPU
+    args = ["-machine", machine, "-cpu", cpu]
+    if cfg.uefi is not None:
+        if cfg.uefi_vars is None:
+            raise ValueError("a UEFI boot needs its own copy of the variable store")
+        if cfg.uefi.requires_smm:
+            args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(cfg.uefi.code)}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={_opt(cfg.uefi_vars)}"]
+    return args
 
 
 def free_port() -> int:

@@ -43,19 +43,24 @@ from ..host.accel import Accelerator
 from . import seed as seed_mod
 from .console import BOOT_STAGES, ConsoleParser, ConsoleState, ConsoleWatcher, Stage
 from .datasource import Datasource, Platform, datasource_for
-from .qemu import QemuConfig, QemuProcess, UserNetwork, free_port, running_qemu
+from .firmware import Firmware, UefiFirmware, find_uefi
+from .qemu import QEMU, QEMU_AARCH64, QemuConfig, QemuProcess, UserNetwork, free_port, running_qemu
 from .ssh import CommandResult, SshSession, ThrowawayKey, connect
 from .verdict import DatasourceVerdict, judge, login_user, probe_command, request_summary
 
 __all__ = [
+    "ARM64_TCG_FACTOR",
+    "BootMachine",
     "BootResult",
     "BootTestError",
     "Check",
     "CheckResult",
+    "FirmwareReport",
     "Timeouts",
     "boot_test",
     "choose_accelerator",
     "evaluate",
+    "judge_firmware",
     "machine_config",
 ]
 
@@ -146,6 +151,83 @@ class Timeouts:
         return cls.for_accelerator(name, seconds / base.deadlines[Stage.MARKER])
 
 
+ARM64_TCG_FACTOR = 2.0
+"""arm64 under TCG on an amd64 host, relative to an amd64 TCG boot: see docs/boot.md for the measured figures."""
+
+_QEMU_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+@dataclass(frozen=True)
+class BootMachine:
+    """Which machine a boot test starts: the guest architecture and the firmware (SeaBIOS, OVMF, AAVMF)."""
+
+    arch: str = "amd64"
+    firmware: Firmware = Firmware.BIOS
+
+    def __post_init__(self) -> None:
+        if self.arch not in _QEMU_ARCH:
+            raise UsageError(f"cannot boot-test a {self.arch} image (supported: {', '.join(_QEMU_ARCH)})")
+        if self.arch != "amd64" and self.firmware is not Firmware.UEFI:
+            raise UsageError(f"a {self.arch} image boots with UEFI only, not {self.firmware}")
+
+    @property
+    def qemu_arch(self) -> str:
+        return _QEMU_ARCH[self.arch]
+
+    @property
+    def binary(self) -> str:
+        return QEMU_AARCH64 if self.arch == "arm64" else QEMU
+
+    def uefi(self) -> UefiFirmware | None:
+        if self.firmware is Firmware.BIOS:
+            return None
+        return find_uefi(self.qemu_arch, secure_boot=self.firmware is Firmware.SECURE_BOOT)
+
+
+@dataclass(frozen=True)
+class FirmwareReport:
+    """How the guest says it booted: UEFI or BIOS (/sys/firmware/efi), and its SecureBoot variable."""
+
+    firmware: str
+    guest_arch: str
+    guest_uefi: bool | None
+    guest_secure_boot: bool | None
+    findings: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+
+# One line the guest prints: "<uname -m> bios", "<uname -m> uefi <SecureBoot byte|none>".
+FIRMWARE_PROBE = (
+    "m=$(uname -m); if [ -d /sys/firmware/efi ]; then "
+    "f=$(ls /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c 2>/dev/null); "
+    "if [ -n \"$f\" ]; then echo \"$m uefi $(od -An -tu1 -j4 -N1 \"$f\" | tr -d ' ')\"; "
+    "else echo \"$m uefi none\"; fi; else echo \"$m bios\"; fi"
+)
+
+
+def judge_firmware(machine: BootMachine, output: str) -> FirmwareReport:
+    """Compare the guest's own report with the firmware it was booted with."""
+    words = output.split()
+    arch = words[0] if words else "?"
+    uefi = None if len(words) < 2 else words[1] == "uefi"
+    secure = None if len(words) < 3 or words[2] == "none" else words[2] == "1"
+    findings = []
+    if arch != machine.qemu_arch:
+        findings.append(f"the guest runs {arch}, expected {machine.qemu_arch}")
+    if uefi is None:
+        findings.append(f"the guest's firmware probe printed {output.strip()[:80]!r}")
+    elif uefi != (machine.firmware is not Firmware.BIOS):
+        findings.append(f"the guest booted with {'UEFI' if uefi else 'BIOS'}, expected {machine.firmware}")
+    want_sb = machine.firmware is Firmware.SECURE_BOOT
+    if uefi and bool(secure) != want_sb:
+        findings.append(f"the guest reports Secure Boot {'on' if secure else 'off'}, expected "
+                        f"{'on' if want_sb else 'off'}")
+    return FirmwareReport(machine.firmware.value, arch, uefi, secure, tuple(findings))
+
+
 class BootTestError(GuestError):
     """The guest did not get through a stage; ``console_tail`` holds its last console lines."""
 
@@ -180,16 +262,21 @@ class BootResult:
     cloud: str = "nocloud"
     datasource: DatasourceVerdict | None = None
     """Which datasource cloud-init used, and whether its hostname, SSH key and user-data took effect."""
+    boot: FirmwareReport | None = None
+    """The firmware it was booted with and the guest's own report (UEFI, Secure Boot, architecture)."""
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks) and (self.datasource is None or self.datasource.passed)
+        return (all(c.passed for c in self.checks) and (self.datasource is None or self.datasource.passed)
+                and (self.boot is None or self.boot.passed))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["passed"] = self.passed
         if self.datasource is not None:
             data["datasource"]["passed"] = self.datasource.passed
+        if self.boot is not None:
+            data["boot"]["passed"] = self.boot.passed
         return data
 
 
@@ -200,14 +287,25 @@ def choose_accelerator(detect: Callable[[], Accelerator] = accel_mod.detect) -> 
 
 def machine_config(overlay: Path, seed: Path | None, tmp: Path, accelerator: Accelerator, port: int, *,
                    memory_mib: int = 2048, cpus: int = 2, network: UserNetwork = UserNetwork(),
-                   smbios: tuple[str, ...] = ()) -> QemuConfig:
-    """The qemu machine for one boot test, with its serial log and QMP socket in *tmp*."""
+                   smbios: tuple[str, ...] = (), machine: BootMachine = BootMachine()) -> QemuConfig:
+    """The qemu machine for one boot test, with its serial log, QMP socket and UEFI variables in *tmp*.
+
+    The UEFI variable store is this boot's own copy of the firmware's template: the guest
+    writes boot entries into it, and the template is shared by every boot on the host.
+    """
     qmp = tmp / "qmp.sock"
     if len(os.fspath(qmp)) > 100:  # unix socket paths are limited to 108 bytes
         qmp = Path(tempfile.mkdtemp(prefix="imgsmith-qmp-")) / "qmp.sock"
+    uefi = machine.uefi()
+    uefi_vars = None
+    if uefi is not None:
+        uefi_vars = tmp / "uefi-vars.fd"
+        if not uefi_vars.exists():
+            shutil.copyfile(uefi.vars_template, uefi_vars)
     return QemuConfig(disk=overlay, seed=seed, accel=accelerator.qemu_accel, ssh_port=port,
                       serial_log=tmp / "console.log", qmp_socket=qmp, memory_mib=memory_mib, cpus=cpus,
-                      network=network, smbios=smbios)
+                      network=network, smbios=smbios, binary=machine.binary, arch=machine.qemu_arch,
+                      uefi=uefi, uefi_vars=uefi_vars)
 
 
 def _stage_times(state: ConsoleState, ssh_at: float | None = None) -> dict[str, float | None]:
@@ -241,6 +339,7 @@ class _Boot:
     datasource: Datasource
     platform: Platform
     instance_key: ThrowawayKey
+    machine: BootMachine
 
     def fail(self, stage: Stage, reason: str, ssh_at: float | None = None) -> BootTestError:
         state = self.watcher.snapshot()
@@ -366,6 +465,10 @@ def _run(b: _Boot, image: Path, fmt: str, checks: Sequence[Check]) -> BootResult
     b.say(f"ssh login: {ssh_at:.1f} s")
     try:
         results = _run_checks(session, checks, b.timeouts.check, b.say)
+        probe = session.run(FIRMWARE_PROBE, b.timeouts.check)
+        boot = judge_firmware(b.machine, probe.stdout)
+        b.say(f"firmware: booted with {boot.firmware}; the guest reports {probe.stdout.strip()!r}: "
+              + ("as expected" if boot.passed else "; ".join(boot.findings)))
         verdict = _datasource_verdict(b, session, state.host_keys)
         b.say("powering off")
         clean, took = _shutdown(b, session)
@@ -379,7 +482,7 @@ def _run(b: _Boot, image: Path, fmt: str, checks: Sequence[Check]) -> BootResult
         stages=_stage_times(final, ssh_at), checks=tuple(results), host_key_verified=session.host_key_verified,
         clean_shutdown=clean, shutdown_seconds=round(took, 1),
         total_seconds=round(time.monotonic() - b.qemu.started, 1), notes=notes, cloud=b.datasource.cloud,
-        datasource=verdict)
+        datasource=verdict, boot=boot)
 
 
 def _write_resolver(overlay: Path, source: Datasource, trusted: bool, say: Progress) -> None:
@@ -402,7 +505,7 @@ def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = 
               timeouts: Timeouts | None = None, workdir: Path | None = None,
               memory_mib: int = 2048, cpus: int = 2, progress: Progress | None = None,
               console_copy: Path | None = None, in_place: bool = False, cloud: str | None = None,
-              trusted: bool = False) -> BootResult:
+              machine: BootMachine = BootMachine(), trusted: bool = False) -> BootResult:
     """Boot *image* on a throw-away overlay and test it (see the module docstring for the steps).
 
     *cloud* picks the datasource the guest finds (:data:`.datasource.DATASOURCES`: ``openstack``,
@@ -412,6 +515,10 @@ def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = 
     ``in_place=True`` boots a qcow2 *image* itself, so what the guest writes stays in it: a
     second boot of the same file is a real second boot (first-boot scripts, per-boot state).
     Give it an overlay of your own, never an image you want to keep as it is.
+
+    *machine* is the guest architecture and firmware (:class:`BootMachine`: amd64 under SeaBIOS
+    by default); the result's ``boot`` holds the guest's own report of how it booted. A
+    foreign-architecture guest always runs under TCG, with deadlines scaled for emulation.
 
     *trusted* lets the one cloud that needs a file in the overlay (``gcp``: its metadata server's
     name, see :attr:`.datasource.Datasource.resolver`) write it through the chroot backend when
@@ -424,8 +531,12 @@ def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = 
     if in_place and fmt != "qcow2":
         raise UsageError(f"{image}: booting in place needs a qcow2 image, not {fmt}")
     verdict = accelerator or choose_accelerator()
+    if machine.arch != "amd64" and verdict.name != "tcg":
+        verdict = Accelerator("tcg", f"a {machine.arch} guest on this host is emulated")
+    if machine.arch != "amd64":
+        timeout_scale *= ARM64_TCG_FACTOR
     limits = timeouts or Timeouts.for_accelerator(verdict.name, timeout_scale)
-    say(f"accelerator: {verdict.name} ({verdict.reason})")
+    say(f"accelerator: {verdict.name} ({verdict.reason}); {machine.arch} with {machine.firmware} firmware")
     with tempfile.TemporaryDirectory(prefix="imgsmith-boot-", dir=workdir) as tmpdir:
         tmp = Path(tmpdir)
         overlay = image if in_place else tmp / "overlay.qcow2"
@@ -440,10 +551,10 @@ def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = 
         with contextlib.ExitStack() as stack:
             qemu = _start_qemu(stack, lambda port: machine_config(
                 overlay, platform.drive, tmp, verdict, port, memory_mib=memory_mib, cpus=cpus,
-                network=platform.network, smbios=platform.smbios), tmp / "qemu.log")
+                network=platform.network, smbios=platform.smbios, machine=machine), tmp / "qemu.log")
             watcher = ConsoleWatcher(tmp / "console.log", ConsoleParser(cfg.marker), started=qemu.started)
             watcher.start()
-            boot = _Boot(qemu, watcher, cfg, key, limits, verdict, say, source, platform, instance_key)
+            boot = _Boot(qemu, watcher, cfg, key, limits, verdict, say, source, platform, instance_key, machine)
             try:
                 return _run(boot, image, fmt, checks)
             finally:

@@ -34,8 +34,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--mirror", help="archive URL (default: the host's apt source for the distro)")
     p.add_argument("--security-mirror", help="security archive URL (default: the host's, else the official one)")
     p.add_argument("--size", default="3G", help="virtual disk size (default 3G)")
-    p.add_argument("--partitioning", choices=("mbr", "gpt"), default="mbr",
-                   help="mbr: one root partition at 1 MiB (default); gpt: BIOS boot partition + root")
+    p.add_argument("--partitioning", choices=("mbr", "gpt"),
+                   help="with BIOS firmware: mbr, one root partition at 1 MiB (default); gpt: BIOS boot "
+                        "partition + root (uefi and hybrid are always GPT)")
+    p.add_argument("--arch", default="amd64", help="amd64 (default) or arm64 (built through qemu-user)")
+    p.add_argument("--firmware", help="bios, uefi or hybrid (GPT with a BIOS boot partition and an ESP); "
+                                      "default: bios on amd64, uefi on arm64")
+    p.add_argument("--secure-boot", action="store_true",
+                   help="Debian's signed shim, GRUB and kernel (firmware uefi or hybrid)")
     p.add_argument("-o", "--output", type=Path, metavar="OUT",
                    help="copy the image here (default: only print the cache path)")
     p.add_argument("--json", action="store_true", help="machine-readable result on stdout")
@@ -43,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-_OPTION = {"packages": "package", "security_mirror": "security-mirror"}
+_OPTION = {"packages": "package", "security_mirror": "security-mirror", "secure_boot": "secure-boot"}
 
 
 def _spec(args: argparse.Namespace) -> BootstrapSpec:
@@ -52,13 +58,15 @@ def _spec(args: argparse.Namespace) -> BootstrapSpec:
 
     from ..source.bootstrap import BootstrapSpec
 
+    given = {"partitioning": args.partitioning, "firmware": args.firmware}
     try:
         return BootstrapSpec(distro=args.distro, release=args.release, packages=tuple(args.packages),
                              mirror=args.mirror, security_mirror=args.security_mirror, size=args.size,
-                             partitioning=args.partitioning)
+                             arch=args.arch, secure_boot=args.secure_boot,
+                             **{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
-        problems = [f"--{_OPTION.get(str(e['loc'][0]), str(e['loc'][0]))}: {e['msg'].removeprefix('Value error, ')}"
-                    for e in exc.errors()]
+        problems = [(f"--{_OPTION.get(str(e['loc'][0]), str(e['loc'][0]))}: " if e["loc"] else "")
+                    + e["msg"].removeprefix("Value error, ") for e in exc.errors()]
         raise UsageError("; ".join(problems)) from exc
 
 

@@ -37,6 +37,25 @@ def _version(argv: list[str]) -> str:
         return f"error: {exc}"
 
 
+def _foreign_and_firmware() -> dict[str, str]:
+    """arm64 chroots (binfmt_misc with qemu-aarch64), the arm64 emulator, and the UEFI firmware found."""
+    from ..boot.firmware import find_uefi
+    from ..errors import UsageError
+    from ..host.binfmt import binfmt_problem
+    problem = binfmt_problem("arm64")
+    report = {"binfmt_arm64": "registered (arm64 bootstrap and chroot customize work)" if problem is None
+              else f"unavailable: {problem}",
+              "qemu-system-aarch64": _version(["qemu-system-aarch64", "--version"])}
+    for label, arch, secure in (("firmware_uefi_x86_64", "x86_64", False),
+                                ("firmware_secure_boot_x86_64", "x86_64", True),
+                                ("firmware_uefi_aarch64", "aarch64", False)):
+        try:
+            report[label] = find_uefi(arch, secure_boot=secure).describe()
+        except UsageError as exc:
+            report[label] = f"not found ({exc.hint})"
+    return report
+
+
 def run(args: argparse.Namespace) -> int:
     verdict = accel.detect(refresh=args.reprobe)
     report: dict[str, Any] = {
@@ -52,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     problems = chroot_problems(os.environ.get("IMGSMITH_CHROOT_EXPOSE", "fuse"))
     report["chroot_backend"] = "available (root: --backend chroot, or auto with a verified image)" if not problems \
         else f"unavailable: {'; '.join(problems)}"
+    report.update(_foreign_and_firmware())
     try:
         import guestfs  # noqa: F401
         report["python-guestfs"] = "ok"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ..disk import qemuimg
+from ..disk.layout import DiskLayout, read_layout
 from ..disk.sizes import format_size
 from .commands import SUMMARIES
 
@@ -16,7 +18,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "info", help=SUMMARIES["info"],
         description="Show what qemu-img knows about DISK (format, virtual and allocated size, backing "
-                    "chain, snapshots, format details); with --inspect also the guest operating system "
+                    "chain, snapshots, format details), its partition layout and boot mode (BIOS, UEFI or "
+                    "hybrid, with the EFI boot loader's architecture and whether it is a Secure Boot shim; "
+                    "read from the disk's bytes, nothing launched); with --inspect also the guest operating system "
                     "found by inspection (one read-only appliance launch; the same rules and facts as customize and "
                     "build).")
     p.add_argument("disk", metavar="DISK", help="disk image")
@@ -56,10 +60,28 @@ def _lines(info: qemuimg.ImageInfo) -> list[tuple[str, str]]:
     return rows
 
 
+def _layout_lines(layout: DiskLayout) -> list[tuple[str, str]]:
+    rows = [("partition table", layout.table)]
+    for p in layout.partitions:
+        name = f" '{p.name}'" if p.name else ""
+        flag = " (active)" if p.bootable else ""
+        rows.append((f"  partition {p.number}", f"{format_size(p.size)} at {format_size(p.start)}, "
+                                                f"{p.type_name}{name}{flag}"))
+    modes = f" (boots with {', '.join(layout.firmwares)})" if layout.firmwares else ""
+    rows.append(("boot mode", layout.boot_mode + modes))
+    if layout.esp is not None:
+        loader = ", ".join(layout.esp_files) or "none found"
+        arch = f"{layout.efi_arch}, " if layout.efi_arch else ""
+        rows.append(("EFI boot loader", f"{arch}{'Secure Boot shim, ' if layout.shim else ''}EFI/BOOT: {loader}"))
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     info = qemuimg.open_image(args.disk, args.format)
     fmt = info.format
     report: dict[str, Any] = info.to_json()
+    layout = read_layout(Path(args.disk), fmt)
+    report["layout"] = layout.to_json()
     guests = None
     if args.inspect:
         from ..guest.osinfo import inspect_image
@@ -68,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    rows = _lines(info)
+    rows = _lines(info) + _layout_lines(layout)
     if guests is not None:
         if not guests:
             rows.append(("guest OS", "none found"))

@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "(config drive for openstack/tencent, metadata service for aws/aliyun/gcp); the verdict "
                         "says which datasource cloud-init used and whether its hostname, SSH key and "
                         "user-data took effect (default: a NoCloud seed)")
+    p.add_argument("--firmware", action="append", default=[], choices=("bios", "uefi", "secure-boot"),
+                   help="boot with this firmware: bios (SeaBIOS), uefi (OVMF, or AAVMF for arm64), secure-boot "
+                        "(OVMF with Microsoft's keys enrolled; the guest must report Secure Boot on); "
+                        "repeatable; default: every firmware the image's layout supports, one boot each")
     p.add_argument("--timeout-scale", type=float, default=1.0, metavar="X",
                    help="multiply every stage deadline by X (slow or loaded hosts)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
@@ -97,6 +101,13 @@ class _Status:
 def _render(result: BootResult) -> None:
     print(f"image        {result.image} ({result.format})")
     print(f"accelerator  {result.accelerator}")
+    if result.boot is not None:
+        b = result.boot
+        sb = "" if b.guest_secure_boot is None else f", Secure Boot {'on' if b.guest_secure_boot else 'off'}"
+        said = "UEFI" if b.guest_uefi else "BIOS" if b.guest_uefi is not None else "?"
+        print(f"{'PASS' if b.passed else 'FAIL'}  firmware {b.firmware}: the guest ({b.guest_arch}) reports {said}{sb}")
+        for finding in b.findings:
+            print(f"FAIL  {finding}")
     for stage, at in result.stages.items():
         print(f"  {stage:<17} {'-' if at is None else f'{at:7.1f} s'}")
     if result.shutdown_seconds is not None:
@@ -133,30 +144,40 @@ def _render_failure(exc: BootTestError) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..boot.machines import machines_for
     from ..boot.test import BootTestError, Check, Timeouts, boot_test, choose_accelerator
+    from ..disk import qemuimg
 
     checks = [Check.parse(text) for text in args.check]
     if args.timeout_scale <= 0 or (args.timeout is not None and args.timeout <= 0):
         raise UsageError("--timeout and --timeout-scale must be greater than 0")
+    fmt = qemuimg.open_image(args.image, args.fmt).format
+    machines = machines_for(args.image, fmt, args.firmware)
     status = _Status(enabled=not args.json)
-    try:
-        with status.shown():
-            verdict = choose_accelerator()
-            limits = (Timeouts.for_total(verdict.name, args.timeout * args.timeout_scale)
-                      if args.timeout is not None else None)
-            result = boot_test(args.image, args.fmt, checks=checks, accelerator=verdict,
-                               timeout_scale=args.timeout_scale, timeouts=limits, memory_mib=args.memory,
-                               progress=status, console_copy=args.console_log, cloud=args.cloud)
-    except BootTestError as exc:
-        if args.json:
-            print(json.dumps({"passed": False, "stage": exc.stage.value, "reason": exc.reason,
-                              "accelerator": exc.accelerator, "stages": exc.stages,
-                              "console_tail": exc.console_tail}, indent=2))
-        else:
-            _render_failure(exc)
-        return 1
+    results: list[dict[str, Any]] = []
+    failed = False
+    for machine in machines:
+        try:
+            with status.shown():
+                verdict = choose_accelerator()
+                limits = (Timeouts.for_total(verdict.name, args.timeout * args.timeout_scale)
+                          if args.timeout is not None else None)
+                result = boot_test(args.image, fmt, checks=checks, accelerator=verdict,
+                                   timeout_scale=args.timeout_scale, timeouts=limits, memory_mib=args.memory,
+                                   progress=status, console_copy=args.console_log, cloud=args.cloud,
+                                   machine=machine)
+        except BootTestError as exc:
+            failed = True
+            results.append({"passed": False, "firmware": machine.firmware.value, "stage": exc.stage.value,
+                            "reason": exc.reason, "accelerator": exc.accelerator, "stages": exc.stages,
+                            "console_tail": exc.console_tail})
+            if not args.json:
+                _render_failure(exc)
+            continue
+        failed = failed or not result.passed
+        results.append(result.to_dict())
+        if not args.json:
+            _render(result)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
-    else:
-        _render(result)
-    return 0 if result.passed else 1
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2, default=str))
+    return 1 if failed else 0

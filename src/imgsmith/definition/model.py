@@ -106,6 +106,9 @@ class TestSection(_Strict):
     cloud: str | None = Field(None, description="boot on that cloud's own datasource, emulated locally "
                               "(openstack, tencent: config drive; aws: IMDSv2; aliyun: metadata service), "
                               "as `imgsmith test --cloud`; default: a NoCloud seed")
+    firmware: list[Literal["bios", "uefi", "secure-boot"]] = Field(
+        default_factory=list, description="boot once with each firmware (as `imgsmith test --firmware`); "
+                                          "default: every firmware the image's layout supports")
 
     @field_validator("cloud")
     @classmethod

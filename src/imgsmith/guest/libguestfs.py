@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import proc
-from ..errors import GuestError, ProcessError
+from ..errors import ForeignArchError, GuestError, ProcessError
 from .api import Guest, OSInfo, PartitionInfo, Stat
 from .treeinspect import (
     LINUX_FS,
@@ -295,6 +295,11 @@ class ApplianceGuest(Guest):
 
     # --- commands
     def sh(self, script: str) -> str:
+        from ..host.binfmt import is_foreign, normalise
+        if self.os.arch not in ("unknown", "") and is_foreign(self.os.arch):
+            raise ForeignArchError(f"the appliance cannot run {normalise(self.os.arch)} programs (this guest's), so "
+                             "operations that run commands in it need the chroot backend",
+                             hint="run as root with --backend chroot (or auto), which runs them through qemu-user")
         return str(_call("command", lambda: self.g.sh(script)))
 
     @property

@@ -175,8 +175,11 @@ def mount_guest(session: Session, device: BlockDevice, *, root_choice: str = "si
     guest.os = complete(info, guest) if known is not None or mount_order(info.mountpoints) else info
     host = _HOST_ARCH.get(platform.machine(), platform.machine())
     if guest.os.arch not in ("unknown", host):
-        raise ChrootUnsupported(f"the guest is {guest.os.arch} and this host is {host}: its programs cannot run here",
-                                hint="use --backend appliance")
+        from ..host.binfmt import binfmt_problem
+        problem = binfmt_problem(guest.os.arch)  # qemu-user through binfmt_misc runs a foreign guest's programs
+        if problem is not None:
+            raise ChrootUnsupported(f"the guest is {guest.os.arch} and this host is {host}: {problem}",
+                                    hint="scripts/setup.sh installs and registers qemu-user-static")
     return guest
 
 

@@ -22,7 +22,7 @@ from ..disk.sizes import SizeSpec
 from ..errors import GuestError
 from .api import Guest, OSInfo
 from .appliance import Drive, open_handle
-from .backend import Choice, choose
+from .backend import Choice, choose, chroot_problems
 from .libguestfs import ApplianceGuest, inspect_and_mount
 
 __all__ = ["SessionOptions", "open_guest", "session_count"]
@@ -127,6 +127,31 @@ def _chroot(disk: Path, fmt: str, options: SessionOptions) -> Iterator[Guest]:
         device.write_back()
 
 
+def _foreign_choice(disk: Path, fmt: str, options: SessionOptions, choice: Choice,
+                   message: Callable[[str], None]) -> Choice:
+    """``auto`` on a foreign-architecture guest: chroot through qemu-user when possible (the appliance
+    cannot run the guest's programs at all), else say in one line why its commands will not run.
+
+    The architecture comes from the ESP's removable boot loader (read without a launch); a disk
+    without one is taken as the host's (BIOS boots x86 only).
+    """
+    if options.backend != "auto" or choice.name == "chroot":
+        return choice
+    from ..disk.layout import read_layout
+    from ..host.binfmt import binfmt_problem, host_arch, is_foreign
+    arch = read_layout(disk, fmt).efi_arch
+    if arch is None or not is_foreign(arch):
+        return choice
+    problems = chroot_problems(options.expose)
+    problem = problems[0] if problems else binfmt_problem(arch)
+    if problem is None:
+        return Choice("chroot", f"the guest is {arch} (this host {host_arch()}): the appliance cannot run its "
+                                "programs, qemu-user in the chroot backend can")
+    message(f"the guest is {arch}: the appliance cannot run its programs and the chroot backend is unavailable "
+            f"({problem}); only file operations will work")
+    return choice
+
+
 @contextlib.contextmanager
 def open_guest(disk: Path, fmt: str, options: SessionOptions = SessionOptions(),
                message: Callable[[str], None] = lambda _m: None) -> Iterator[Guest]:
@@ -137,7 +162,7 @@ def open_guest(disk: Path, fmt: str, options: SessionOptions = SessionOptions(),
     """
     from .chroot import ChrootUnsupported
 
-    choice = options.choice()
+    choice = _foreign_choice(disk, fmt, options, options.choice(), message)
     if options.grow_to is not None:
         from .grow import grow_image
         grow_image(disk, fmt, options.grow_to)  # no launch: the guest grows inside the session

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Self
 
 from .. import proc
-from ..errors import GuestError, ProcessError, UsageError
+from ..errors import ForeignArchError, GuestError, ProcessError, UsageError
 from .base import ApplyContext, HostScriptOperation, ParseContext, ShellCommandOperation
 
 __all__ = ["Run", "RunCommand", "Script", "guest_logfile", "run_in_guest"]
@@ -35,6 +35,8 @@ def run_in_guest(ctx: ApplyContext, display: str, script: str, *, needs_network:
     wrapped = f"exec >>{shlex.quote(logfile)} 2>&1\n{env}{script}\n"
     try:
         ctx.guest.sh(wrapped)
+    except ForeignArchError:
+        raise  # nothing ran: there is no log to show, and the cause is the architecture
     except GuestError as exc:
         tail = ""
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import proc
 
-__all__ = ["firmware_of", "firmware_of_table"]
+__all__ = ["firmware_for", "firmware_of", "firmware_of_table"]
 
 _ESP = uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
 _BIOS_BOOT = uuid.UUID("21686148-6449-6E6F-744E-656564454649")
@@ -49,3 +49,19 @@ def firmware_of(path: Path, fmt: str) -> str:
         proc.run(["qemu-img", "dd", "-f", fmt, "-O", "raw", "bs=512", "count=34", f"if={os.fspath(path)}",
                   f"of={os.fspath(out)}"])
         return firmware_of_table(out.read_bytes())
+
+
+def firmware_for(manifest: dict[str, object], path: Path, fmt: str) -> str:
+    """The manifest's ``boot.firmware`` when the build recorded it, else read from the partition table.
+
+    Clouds take one value (AWS ``BootMode``, Glance ``hw_firmware_type``): a hybrid image is
+    published as ``bios``, the mode every cloud defaults to and one it boots in
+    (docs/decisions.md); ``uefi`` only for an image that boots no other way.
+    """
+    boot = manifest.get("boot")
+    recorded = boot.get("firmware") if isinstance(boot, dict) else None
+    if recorded in ("bios", "hybrid"):
+        return "bios"
+    if recorded == "uefi":
+        return "uefi"
+    return firmware_of(path, fmt)

@@ -94,11 +94,11 @@ def artifact_for(out_dir: Path, manifest: dict[str, Any], spec: PublishSpec) -> 
     if st.st_size != entry.get("file_size") or ("mtime_ns" in entry and st.st_mtime_ns != entry["mtime_ns"]):
         raise UsageError(f"{spec.name}: {path} changed since the build (its size or time is not the manifest's): "
                          "rebuild it")
-    from .firmware import firmware_of
+    from .firmware import firmware_for
     return Artifact(path, str(entry["format"]), str(entry.get("layout", "plain")), entry.get("preset"),
                     int(entry["virtual_size"]), int(entry["file_size"]), str(entry["sha256"]),
                     str(manifest.get("name", "image")), manifest.get("guest") or {}, checks or None,
-                    firmware_of(path, str(entry["format"])))
+                    firmware_for(manifest, path, str(entry["format"])))
 
 
 def publish(out_dir: Path, manifest: dict[str, Any], specs: tuple[PublishSpec, ...], *, only: list[str] | None = None,

@@ -37,22 +37,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .. import __version__, proc
 from ..disk.sizes import MiB, parse_size
 from ..errors import UsageError
+from ..host.binfmt import binfmt_problem, host_arch
 from ..host.files import atomic_write, file_lock, fsync_dir, fsync_file
 from ..paths import cache_root
+from . import bootloader, partition, rootfs
 from . import mirror as mirror_mod
-from . import partition, rootfs
 from .partition import Partitioning
 
 __all__ = [
+    "ARCHES",
     "BUILDER_VERSION",
     "BootstrapSpec",
     "DistroProfile",
     "Sources",
+    "boot_packages",
     "bootstrap_image",
     "cache_key",
     "image_name",
@@ -68,6 +71,9 @@ log = logging.getLogger("imgsmith.source")
 BUILDER_VERSION = f"{__version__}+bootstrap.2"
 
 Progress = Callable[[str], None]
+
+ARCHES = ("amd64", "arm64")
+FIRMWARES = ("bios", "uefi", "hybrid")
 
 EL_DISTROS = frozenset({"centos", "rocky", "almalinux", "alma", "rhel", "fedora", "oraclelinux", "el"})
 
@@ -88,7 +94,7 @@ def _size(value: object) -> object:
 class BootstrapSpec(BaseModel):
     """What to bootstrap. Every field takes part in the cache key (with the mirror's snapshot date)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     distro: str = Field("debian", pattern=r"^[a-z][a-z0-9]*$", description="debian or ubuntu")
     release: str = Field("bookworm", pattern=r"^[a-z][a-z0-9.-]*$", description="codename: bookworm, jammy, ...")
@@ -98,6 +104,49 @@ class BootstrapSpec(BaseModel):
     size: Annotated[int, BeforeValidator(_size)] = Field(3 << 30, ge=512 * MiB, description="virtual disk size")
     partitioning: Partitioning = Partitioning.MBR
     variant: Literal["minbase", "apt"] = "minbase"
+    arch: str = Field("amd64", description="amd64 or arm64 (arm64 is built on amd64 through qemu-user/binfmt)")
+    firmware: Literal["bios", "uefi", "hybrid"] | None = Field(
+        None, description="bios (MBR, or GPT with a BIOS boot partition), uefi (GPT + ESP) or hybrid (GPT with "
+                          "both, boots either way); default: bios on amd64, uefi on arm64")
+    secure_boot: bool = Field(False, alias="secure-boot",
+                              description="Debian's signed shim, GRUB and kernel on the ESP (amd64, uefi or hybrid)")
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, value: str) -> str:
+        if value not in ARCHES:
+            raise ValueError(f"unsupported architecture {value!r} (supported: {', '.join(ARCHES)})")
+        return value
+
+    @model_validator(mode="after")
+    def _boot_mode(self) -> BootstrapSpec:
+        fw = self.boot_firmware
+        if self.arch == "arm64" and fw != "uefi":
+            raise ValueError(f"arm64 boots with UEFI only: firmware {fw!r} is not possible (use uefi)")
+        if self.secure_boot and fw == "bios":
+            raise ValueError("secure-boot: true needs firmware uefi or hybrid (BIOS has no Secure Boot)")
+        if self.secure_boot and self.arch != "amd64":
+            raise ValueError(f"secure-boot is supported on amd64 only, not {self.arch}")
+        if fw != "bios" and "partitioning" in self.model_fields_set and self.partitioning is Partitioning.MBR:
+            raise ValueError(f"firmware {fw} needs a GPT disk: drop 'partitioning: mbr'")
+        return self
+
+    @property
+    def boot_firmware(self) -> str:
+        """The firmware the image boots with: as given, else bios on amd64 (docs/decisions.md), uefi on arm64."""
+        if self.firmware is not None:
+            return self.firmware
+        return "uefi" if self.arch == "arm64" else "bios"
+
+    def describe(self) -> str:
+        """``debian bookworm``, plus the architecture and firmware when not the old default (amd64, BIOS)."""
+        extra = "" if (self.arch, self.boot_firmware, self.secure_boot) == ("amd64", "bios", False) else (
+            f" {self.arch} {self.boot_firmware}" + (" secure-boot" if self.secure_boot else ""))
+        return f"{self.distro} {self.release}{extra}"
+
+    @property
+    def layout(self) -> partition.Layout:
+        return partition.layout_for(self.partitioning, self.boot_firmware)
 
     @field_validator("packages")
     @classmethod
@@ -126,6 +175,8 @@ class DistroProfile:
     keyring_package: str
     components: tuple[str, ...]
     packages: tuple[str, ...]
+    kernel: str
+    """The kernel package, ``{arch}`` replaced by the Debian architecture."""
     security_suffix: str = "-security"
 
     def suites(self, release: str) -> tuple[str, ...]:
@@ -135,7 +186,7 @@ class DistroProfile:
         return (release, f"{release}-updates", f"{release}{self.security_suffix}")
 
 
-_CLOUD_BASE = ("grub-pc", "cloud-init", "openssh-server", "sudo", "systemd-sysv", "udev", "dbus",
+_CLOUD_BASE = ("cloud-init", "openssh-server", "sudo", "systemd-sysv", "udev", "dbus",
                "e2fsprogs", "iproute2", "netbase", "cloud-guest-utils", "initramfs-tools")
 
 PROFILES: dict[str, DistroProfile] = {
@@ -147,7 +198,8 @@ PROFILES: dict[str, DistroProfile] = {
         keyring_package="debian-archive-keyring",
         components=("main",),
         # ifupdown + a DHCP client: cloud-init renders Debian's network config for ifupdown
-        packages=("linux-image-cloud-amd64", *_CLOUD_BASE, "ifupdown", "isc-dhcp-client"),
+        packages=(*_CLOUD_BASE, "ifupdown", "isc-dhcp-client"),
+        kernel="linux-image-cloud-{arch}",
     ),
     "ubuntu": DistroProfile(
         name="ubuntu",
@@ -156,9 +208,25 @@ PROFILES: dict[str, DistroProfile] = {
         keyring="/usr/share/keyrings/ubuntu-archive-keyring.gpg",
         keyring_package="ubuntu-keyring",
         components=("main", "universe"),
-        packages=("linux-image-virtual", *_CLOUD_BASE, "netplan.io"),
+        packages=(*_CLOUD_BASE, "netplan.io"),
+        kernel="linux-image-virtual",
     ),
 }
+
+
+def boot_packages(spec: BootstrapSpec) -> tuple[str, ...]:
+    """The boot loader packages for the image's firmware.
+
+    grub-pc and grub-efi-amd64 conflict (each owns GRUB's configuration), so a hybrid image
+    takes grub-efi-amd64 and only the BIOS binaries (grub-pc-bin), as Debian's cloud images do.
+    """
+    fw = spec.boot_firmware
+    if spec.arch == "arm64":
+        return ("grub-efi-arm64",)
+    if fw == "bios":
+        return ("grub-pc",)
+    loaders = ("grub-efi-amd64", "grub-pc-bin") if fw == "hybrid" else ("grub-efi-amd64",)
+    return (*loaders, "shim-signed", "grub-efi-amd64-signed") if spec.secure_boot else loaders
 
 
 def profile_for(spec: BootstrapSpec) -> DistroProfile:
@@ -217,19 +285,27 @@ def cache_key(spec: BootstrapSpec, sources: Sources, builder: str = BUILDER_VERS
         "sources": [list(s) for s in sources.suites],
         "components": list(sources.components),
     }
+    # Added with arm64/UEFI: present only when not the old recipe's values, so every image
+    # built before (amd64, BIOS) keeps its key and stays cached.
+    if (spec.arch, spec.boot_firmware, spec.secure_boot) != ("amd64", "bios", False):
+        canonical.update(arch=spec.arch, firmware=spec.boot_firmware, secure_boot=spec.secure_boot)
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
 def image_name(spec: BootstrapSpec, key: str) -> str:
     """Cache file stem: readable prefix, then enough of the key to be unique."""
-    return f"{spec.distro}-{spec.release}-{spec.partitioning.value}-{key[:16]}"
+    if (spec.arch, spec.boot_firmware, spec.secure_boot) == ("amd64", "bios", False):
+        return f"{spec.distro}-{spec.release}-{spec.partitioning.value}-{key[:16]}"
+    boot = "secureboot" if spec.secure_boot else spec.boot_firmware
+    return f"{spec.distro}-{spec.release}-{spec.arch}-{boot}-{key[:16]}"
 
 
 def mmdebstrap_argv(spec: BootstrapSpec, profile: DistroProfile, sources: Sources, target: Path,
                     preseed: Path) -> list[str]:
     """The mmdebstrap command: no Recommends (a lean, predictable package set), unsafe-io (we sync once)."""
-    packages = list(dict.fromkeys([*profile.packages, *spec.packages]))
+    kernel = profile.kernel.format(arch=spec.arch)
+    packages = list(dict.fromkeys([kernel, *boot_packages(spec), *profile.packages, *spec.packages]))
     argv = [
         "mmdebstrap", f"--variant={spec.variant}", "--mode=root", "--format=directory",
         f"--components={','.join(sources.components)}",
@@ -237,21 +313,29 @@ def mmdebstrap_argv(spec: BootstrapSpec, profile: DistroProfile, sources: Source
         f"--include={','.join(packages)}",
         f'--essential-hook=chroot "$1" debconf-set-selections < {shlex.quote(os.fspath(preseed))}',
     ]
+    if spec.arch != host_arch():
+        argv.append(f"--architectures={spec.arch}")  # its programs run under qemu-user (binfmt_misc)
     if profile.keyring:
         argv.append(f"--keyring={profile.keyring}")
     return [*argv, spec.release, os.fspath(target), *sources.apt_lines()]
 
 
-def _check_host(profile: DistroProfile) -> None:
+def _check_host(profile: DistroProfile, spec: BootstrapSpec) -> None:
     """Fail before any work when this host cannot build: not root, tools or keyring missing."""
     if os.geteuid() != 0:
         raise UsageError("bootstrap needs root (loop devices, mounts and chroot)", hint="run it with sudo")
     tools = {"mmdebstrap": "mmdebstrap", "sfdisk": "fdisk", "losetup": "mount", "partx": "util-linux",
              "mkfs.ext4": "e2fsprogs", "fstrim": "util-linux", "qemu-img": "qemu-utils"}
+    if spec.boot_firmware != "bios":
+        tools |= {"mkfs.fat": "dosfstools", "mcopy": "mtools"}
     missing = sorted({pkg for tool, pkg in tools.items() if shutil.which(tool) is None})
     if missing:
         raise UsageError(f"bootstrap needs host tools that are missing: {', '.join(missing)}",
                          hint=f"apt-get install {' '.join(missing)}")
+    problem = binfmt_problem(spec.arch)
+    if problem is not None:
+        raise UsageError(f"bootstrapping {spec.arch} on this {host_arch()} host needs qemu-user: {problem}",
+                         hint="scripts/setup.sh installs qemu-user-static and binfmt-support")
     if profile.keyring and not Path(profile.keyring).exists():
         raise UsageError(f"{profile.keyring}: archive keyring for {profile.name} not found",
                          hint=f"apt-get install {profile.keyring_package}")
@@ -276,30 +360,39 @@ def _run_mmdebstrap(argv: list[str], progress: Progress) -> None:
 
 def _build(spec: BootstrapSpec, profile: DistroProfile, sources: Sources, work: Path, progress: Progress) -> Path:
     """Steps 2-5 of the module docstring inside *work*; returns the finished qcow2 in *work*."""
-    layout = partition.layout_for(spec.partitioning)
+    layout = spec.layout
     raw, root, preseed = work / "disk.raw", work / "root", work / "debconf.preseed"
     preseed.write_text(rootfs.DEBCONF_PRESEED, encoding="utf-8")
     with raw.open("wb") as f:
         f.truncate(spec.size)
-    proc.run(["sfdisk", "--quiet", "--wipe", "always", raw],
-             input=partition.sfdisk_script(spec.partitioning).encode())
+    proc.run(["sfdisk", "--quiet", "--wipe", "always", raw], input=partition.sfdisk_script(layout).encode())
     fs_uuid = str(uuid.uuid4())
+    esp_id = bootloader.volume_id(fs_uuid) if layout.esp is not None else None
     with partition.attach(raw, layout.root_partition) as (loop, node):
         progress(f"making ext4 on {node}")
         proc.run(["mkfs.ext4", "-q", "-F", "-L", "root", "-U", fs_uuid,
                   "-E", "lazy_itable_init=0,lazy_journal_init=0", node])
         with partition.mount(node, root):
-            progress(f"installing {spec.distro} {spec.release} with mmdebstrap")
+            progress(f"installing {spec.distro} {spec.release} {spec.arch} with mmdebstrap")
             _run_mmdebstrap(mmdebstrap_argv(spec, profile, sources, root, preseed), progress)
-            progress("configuring: fstab, serial console, cloud-init, GRUB")
-            rootfs.configure_tree(root, fs_uuid=fs_uuid)
+            progress(f"configuring: fstab, serial console, cloud-init, GRUB ({spec.boot_firmware})")
+            rootfs.configure_tree(root, fs_uuid=fs_uuid, esp_id=esp_id, arch=spec.arch)
             with partition.bind_mounts(root):
-                rootfs.install_grub(root, loop=loop, root_node=node, fs_uuid=fs_uuid)
+                bios_loop = loop if spec.boot_firmware != "uefi" else None
+                rootfs.install_grub(root, loop=bios_loop, root_node=node, fs_uuid=fs_uuid)
+                if esp_id is not None:
+                    bootloader.esp_tree(root, work / "esp", arch=spec.arch, fs_uuid=fs_uuid,
+                                        secure_boot=spec.secure_boot)
             rootfs.remove_instance_identity(root)
             rootfs.remove_build_leftovers(root)
             progress("trimming the filesystem")
             proc.run(["sync", "-f", root])
             proc.run(["fstrim", root])
+    if esp_id is not None:
+        progress("writing the EFI system partition (mkfs.fat + mcopy, not mounted)")
+        bootloader.build_esp_image(work / "esp", work / "esp.img", size_bytes=partition.ESP_SECTORS * 512,
+                                   volid=esp_id)
+        partition.write_at(raw, layout.esp_offset, work / "esp.img")
     progress("converting to qcow2")
     out = work / "disk.qcow2"
     proc.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out])
@@ -370,7 +463,7 @@ def bootstrap_image(spec: BootstrapSpec, *, cache_dir: Path | None = None,
     if fill is not None and _adopt(store, name, fill, _metadata(spec, key, sources, pulled=True)):
         say(f"pulled from the remote cache: {dest}")
         return dest
-    _check_host(profile)  # only a build needs root and the tools; a cached image does not
+    _check_host(profile, spec)  # only a build needs root and the tools; a cached image does not
     waiting = "waiting for another build of the same image to finish"
     with file_lock(store / f".{name}.lock", on_wait=lambda: say(waiting)):
         if dest.exists():

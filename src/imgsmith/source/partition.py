@@ -26,6 +26,7 @@ from .. import proc
 from ..errors import ImgsmithError, ProcessError
 
 __all__ = [
+    "ESP_GUID",
     "Layout",
     "Partitioning",
     "attach",
@@ -34,6 +35,7 @@ __all__ = [
     "mount",
     "reap",
     "sfdisk_script",
+    "write_at",
 ]
 
 log = logging.getLogger("imgsmith.source")
@@ -41,6 +43,11 @@ log = logging.getLogger("imgsmith.source")
 MiB = 1 << 20
 BIOS_BOOT_GUID = "21686148-6449-6E6F-744E-656564454649"
 LINUX_FS_GUID = "0FC63DAF-8483-4772-8E79-3D69C8477DE4"
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+SECTOR = 512
+ESP_SECTORS = 126 * MiB // SECTOR
+"""The ESP's size: 126 MiB, so root starts at 128 MiB (Debian's cloud images use 127 MiB at the end of the
+disk's first 128 MiB); comfortably FAT32, and room for shim, grub and a second boot loader."""
 
 
 class Partitioning(StrEnum):
@@ -52,26 +59,65 @@ class Partitioning(StrEnum):
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the root filesystem lives on the disk: its partition number and the table type."""
+    """Which partitions the disk has: the table type, root's number, and the boot partitions (None: absent).
+
+    ``esp_start`` is in sectors: the ESP is written into the raw disk at that offset as a
+    finished FAT image (the host kernel has no vfat, so it is never mounted).
+    """
 
     partitioning: Partitioning
     root_partition: int
+    bios_boot: int | None = None
+    esp: int | None = None
+    esp_start: int = 0
+
+    @property
+    def esp_offset(self) -> int:
+        return self.esp_start * SECTOR
 
 
-def layout_for(partitioning: Partitioning) -> Layout:
-    """GRUB on GPT needs a BIOS boot partition for its core image, so root moves to partition 2."""
-    return Layout(partitioning, 1 if partitioning is Partitioning.MBR else 2)
+def layout_for(partitioning: Partitioning, firmware: str = "bios") -> Layout:
+    """The partitions for a table and a firmware (``bios``, ``uefi``, ``hybrid``); root is always last.
 
-
-def sfdisk_script(partitioning: Partitioning) -> str:
-    """The sfdisk input for *partitioning*; the root partition takes the rest of the disk."""
+    GRUB on a BIOS/GPT disk needs a BIOS boot partition for its core image; UEFI needs an
+    ESP; hybrid has both, like Debian's official cloud images (which boot either way).
+    """
+    if firmware == "uefi":
+        return Layout(Partitioning.GPT, 2, esp=1, esp_start=2048)
+    if firmware == "hybrid":
+        return Layout(Partitioning.GPT, 3, bios_boot=1, esp=2, esp_start=4096)
     if partitioning is Partitioning.MBR:
+        return Layout(partitioning, 1)
+    return Layout(partitioning, 2, bios_boot=1)
+
+
+def sfdisk_script(layout: Layout | Partitioning) -> str:
+    """The sfdisk input for *layout*; the root partition takes the rest of the disk."""
+    if isinstance(layout, Partitioning):
+        layout = layout_for(layout)
+    if layout.partitioning is Partitioning.MBR:
         return "label: dos\nstart=2048, type=83, bootable\n"
-    return (
-        "label: gpt\n"
-        f"start=2048, size=2048, type={BIOS_BOOT_GUID}, name=bios-boot\n"
-        f"start=4096, type={LINUX_FS_GUID}, name=root\n"
-    )
+    lines = ["label: gpt"]
+    if layout.bios_boot is not None:
+        lines.append(f"start=2048, size=2048, type={BIOS_BOOT_GUID}, name=bios-boot")
+    if layout.esp is not None:
+        lines.append(f"start={layout.esp_start}, size={ESP_SECTORS}, type={ESP_GUID}, name=esp")
+    root_start = layout.esp_start + ESP_SECTORS if layout.esp is not None else 4096
+    lines.append(f"start={root_start}, type={LINUX_FS_GUID}, name=root")
+    return "\n".join(lines) + "\n"
+
+
+def write_at(disk: Path, offset: int, image: Path, chunk: int = MiB) -> None:
+    """Copy *image* into *disk* at byte *offset*, skipping all-zero chunks (the disk is sparse and zeroed)."""
+    with image.open("rb") as src, disk.open("r+b") as dst:
+        at = offset
+        while block := src.read(chunk):
+            if block.count(0) != len(block):
+                dst.seek(at)
+                dst.write(block)
+            at += len(block)
+        dst.flush()
+        os.fsync(dst.fileno())
 
 
 def _wait_for_node(node: Path, timeout: float = 10.0) -> None:

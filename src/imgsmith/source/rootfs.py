@@ -45,6 +45,18 @@ GRUB_SERIAL_COMMAND="serial --speed=115200 --unit=0 --word=8 --parity=no --stop=
 GRUB_DISABLE_OS_PROBER=true
 """
 
+# arm64 (qemu's virt machine, Graviton, Ampere): the PL011 UART is ttyAMA0, and the UEFI
+# console already is that serial port, so GRUB uses the firmware's console only.
+GRUB_DROPIN_ARM64 = """\
+# Written by imgsmith bootstrap: a serial console for cloud consoles and boot tests.
+# console=ttyAMA0 comes last so it is /dev/console (where cloud-init writes its messages).
+GRUB_TIMEOUT=1
+GRUB_CMDLINE_LINUX_DEFAULT=""
+GRUB_CMDLINE_LINUX="console=tty0 console=ttyAMA0,115200n8"
+GRUB_TERMINAL=console
+GRUB_DISABLE_OS_PROBER=true
+"""
+
 CLOUD_CFG = """\
 # Written by imgsmith bootstrap.
 # manage_etc_hosts: the instance's hostname resolves, so sudo does not stall or warn.
@@ -68,26 +80,34 @@ def _write(root: Path, guest_path: str, text: str, mode: int = 0o644) -> None:
     target.chmod(mode)
 
 
-def configure_tree(root: Path, *, fs_uuid: str) -> None:
-    """fstab by UUID, hostname, hosts, locale, GRUB's serial console and cloud-init settings."""
+def configure_tree(root: Path, *, fs_uuid: str, esp_id: str | None = None, arch: str = "amd64") -> None:
+    """fstab by UUID, hostname, hosts, locale, GRUB's serial console and cloud-init settings.
+
+    *esp_id* is the ESP's FAT volume id (``ABCD1234``) when the disk has one: mounted on
+    /boot/efi like Debian's cloud images (``nofail``: a kernel without vfat still boots).
+    """
+    esp = (f"UUID={esp_id[:4]}-{esp_id[4:]}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t1\n" if esp_id else "")
     _write(root, "/etc/fstab",
            "# <file system> <mount point> <type> <options> <dump> <pass>\n"
-           f"UUID={fs_uuid}\t/\text4\trw,discard,errors=remount-ro\t0\t1\n")
+           f"UUID={fs_uuid}\t/\text4\trw,discard,errors=remount-ro\t0\t1\n" + esp)
+    if esp_id:
+        (root / "boot/efi").mkdir(parents=True, exist_ok=True)
     _write(root, "/etc/hostname", "localhost\n")
     _write(root, "/etc/hosts", HOSTS)
     _write(root, "/etc/default/locale", "LANG=C.UTF-8\n")
-    _write(root, "/etc/default/grub.d/10-imgsmith.cfg", GRUB_DROPIN)
+    _write(root, "/etc/default/grub.d/10-imgsmith.cfg", GRUB_DROPIN_ARM64 if arch == "arm64" else GRUB_DROPIN)
     _write(root, "/etc/cloud/cloud.cfg.d/90-imgsmith.cfg", CLOUD_CFG)
 
 
-def install_grub(root: Path, *, loop: str, root_node: Path, fs_uuid: str) -> None:
-    """Install GRUB for BIOS boot on the loop device and write grub.cfg with ``root=UUID=``.
+def install_grub(root: Path, *, loop: str | None, root_node: Path, fs_uuid: str) -> None:
+    """Install GRUB for BIOS boot on the loop device (None: UEFI only) and write grub.cfg with ``root=UUID=``.
 
     Without udev in the build there is no /dev/disk/by-uuid, so grub-mkconfig falls
     back to the device it sees (``root=/dev/loopNp1``), which does not exist in the
     guest; that one token is replaced and the result verified.
     """
-    proc.run(["chroot", root, "grub-install", "--target=i386-pc", "--no-floppy", loop])
+    if loop is not None:
+        proc.run(["chroot", root, "grub-install", "--target=i386-pc", "--no-floppy", loop])
     proc.run(["chroot", root, "grub-mkconfig", "-o", "/boot/grub/grub.cfg"])
     cfg = root / "boot/grub/grub.cfg"
     text = cfg.read_text(encoding="utf-8")
