@@ -417,7 +417,8 @@ def test_secret_never_on_argv_logs_manifest_or_json(moto: Server, ecs: AliyunSta
     assert proc.returncode == 0, stderr
     lines = [c for cmdlines in seen.values() for c in cmdlines]
     assert any(b"publish" in c for c in seen[proc.pid])  # the watcher did see the process tree
-    assert any(c.startswith(b"qemu-img\0") for c in lines)  # and the child it spawns (the firmware read)
+    # Any descendant would be in `lines` too (the watcher follows parent pids in /proc); with the firmware
+    # read from the manifest's boot record, publish spawns none today.
     assert [c for c in lines if secret.encode() in c] == []
     texts = [stdout, stderr, (out / "manifest.json").read_text(),
              *(p.read_text() for p in (out / ".imgsmith-publish").glob("*") if p.is_file())]
