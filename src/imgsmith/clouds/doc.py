@@ -25,6 +25,11 @@ file still has to be converted: `imgsmith convert --preset CLOUD` does that and 
 the preset's own rules, [formats.md](formats.md)). Exit status: 0 without errors, 1 with
 any, 2 for bad input.
 
+How fast (`bench/check`, on the 3 GiB Debian 12 image `imgsmith bootstrap` makes, 2 cores, TCG,
+2026-12-02): all six clouds take 0.7 s with the chroot backend and 26.0 s with the appliance,
+against 31.9 s for one `virt-inspector` run on the same image (0.81). Nearly all of the
+appliance's time is its launch; the rules themselves read a few files and list the initramfs.
+
 How the checks read the guest:
 
 - **Drivers**: a driver counts as available early when the kernel builds it in
