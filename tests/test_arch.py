@@ -112,7 +112,7 @@ def arm64_image() -> Path:
     """The arm64 image; bootstrapped here only when it is cached or COLD_ARM64=1 asks for it.
 
     A cold arm64 bootstrap runs dpkg, py3compile and mkinitramfs under qemu-user: about 14 min of
-    one core measured here, more than the suite's whole CI budget leaves (docs/boot.md). `make
+    one core measured here, a quarter of the suite's CI budget on its own (docs/decisions.md). `make
     test-arm64` builds it and runs this test; afterwards `make test` runs it from the cache.
     """
     spec = BootstrapSpec(arch="arm64")
