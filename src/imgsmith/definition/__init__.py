@@ -7,8 +7,9 @@ that :mod:`.load` itself imports (``publish.spec`` for the ``publish:`` section)
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..host.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .load import LoadedDefinition, load_definition, load_variants
@@ -18,11 +19,4 @@ __all__ = ["Definition", "LoadedDefinition", "load_definition", "load_variants"]
 
 _HOME = {"Definition": "model", "LoadedDefinition": "load", "load_definition": "load", "load_variants": "load"}
 
-
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOME)

@@ -12,8 +12,9 @@ logger; nothing here prints.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..host.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .convert import ConvertResult, Plan, SourceImage, Target, convert_many, convert_to, make_target, open_source
@@ -53,17 +54,4 @@ _HOME = {"ConvertResult": "convert", "Plan": "convert", "SourceImage": "convert"
          "ImageCheck": "qemuimg", "ImageInfo": "qemuimg",
          "SizeSpec": "sizes", "format_size": "sizes", "parse_size": "sizes"}
 
-
-def __getattr__(name: str) -> Any:
-    """Load a re-exported name's module on first use (PEP 562).
-
-    Every command starts by importing something from this package (a size parser, the preset
-    table), and the converters behind ``convert`` pull in tar, XML and ctypes: importing them
-    eagerly cost each ``imgsmith`` start a tenth of a second that an up-to-date build never uses.
-    """
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOME)
