@@ -24,9 +24,13 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
                           env={**os.environ, "IMGSMITH_CACHE": os.fspath(cwd / "cache"), **(env or {})})
 
 
-def make_disk(path: Path, mib: int = 24) -> Path:
+UEFI = "label: gpt\n,8M,U\n,,L\n"  # an EFI system partition only: boots with UEFI
+HYBRID = "label: gpt\n,1M,21686148-6449-6E6F-744E-656564454649\n,8M,U\n,,L\n"  # + a BIOS boot partition
+
+
+def make_disk(path: Path, mib: int = 24, table: str = UEFI) -> Path:
     subprocess.run(["truncate", "-s", f"{mib}M", path], check=True)
-    subprocess.run(["sfdisk", "-q", path], input=b"label: gpt\n,8M,U\n,,L\n", check=True)
+    subprocess.run(["sfdisk", "-q", path], input=table.encode(), check=True)
     with path.open("r+b") as f:  # incompressible bytes in the second partition
         f.seek(10 << 20)
         f.write(os.urandom((mib - 12) << 20))
@@ -46,11 +50,11 @@ publish:
 """
 
 
-def build(tmp: Path, publish: str, *, mib: int = 24) -> Path:
+def build(tmp: Path, publish: str, *, mib: int = 24, table: str = UEFI) -> Path:
     """``imgsmith build`` of the test definition with *publish* (YAML list items); the output directory."""
     tmp.mkdir(parents=True, exist_ok=True)
     if not (tmp / "disk.raw").exists():
-        make_disk(tmp / "disk.raw", mib)
+        make_disk(tmp / "disk.raw", mib, table)
     (tmp / "image.yaml").write_text(DEFINITION.format(publish=publish))
     r = run("build", "image.yaml", "-o", "out", "-q", cwd=tmp)
     assert r.returncode == 0, r.stderr

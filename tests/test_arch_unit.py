@@ -271,12 +271,14 @@ def test_grubs_efi_banner_is_not_the_init_system() -> None:
 def test_publish_takes_the_firmware_from_the_manifest(tmp_path: Path) -> None:
     from imgsmith.publish.firmware import firmware_for
     missing = tmp_path / "absent.raw"  # not read when the manifest says how it boots
-    assert firmware_for({"boot": {"firmware": "hybrid"}}, missing, "raw") == "bios"
+    assert firmware_for({"boot": {"firmware": "hybrid"}}, missing, "raw") == "hybrid"
     assert firmware_for({"boot": {"firmware": "uefi"}}, missing, "raw") == "uefi"
     assert firmware_for({"boot": {"firmware": "bios"}}, missing, "raw") == "bios"
     disk = tmp_path / "uefi.raw"
     disk.write_bytes(_gpt_head([ESP, LINUX]))
     assert firmware_for({}, disk, "raw") == "uefi"  # an older manifest: read from the partition table
+    disk.write_bytes(_gpt_head([BIOS, ESP, LINUX]))
+    assert firmware_for({}, disk, "raw") == "hybrid"
 
 
 def test_doctor_reports_arm64_binfmt_and_the_firmware_found() -> None:
@@ -298,3 +300,45 @@ def test_doctor_reports_arm64_binfmt_and_the_firmware_found() -> None:
         except UsageError as exc:
             expected = f"not found ({exc.hint})"
         assert report[key] == expected
+
+
+def test_cloud_rules_follow_the_guest_architecture_and_firmware() -> None:
+    """The rule functions over the two facts they read: every cloud's arm64 machines boot UEFI only."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from imgsmith.clouds import PROFILES, checks
+    from imgsmith.clouds.facts import Facts
+
+    def facts(arch: str, modes: tuple[str, ...], table: str) -> Facts:
+        return cast(Facts, SimpleNamespace(arch=arch, boot_modes=modes, table=table))
+    arm, arm_bios = facts("aarch64", ("uefi",), "gpt"), facts("aarch64", ("bios",), "mbr")
+    x86_uefi, hybrid, bios = facts("x86_64", ("uefi",), "gpt"), facts("x86_64", ("bios", "uefi"), "gpt"), \
+        facts("x86_64", ("bios",), "mbr")
+    tencent, aws, azure, gen2 = (PROFILES[n] for n in ("tencent", "aws", "azure", "azure-gen2"))
+
+    # Tencent's x86 import takes MBR + BIOS; its arm64 machines boot UEFI from GPT.
+    assert checks.boot_mode(arm, tencent) == [] and checks.partition_table(arm, tencent) == []
+    assert [h.found for h in checks.boot_mode(x86_uefi, tencent)] == [
+        "the disk boots with UEFI; Tencent Cloud CVM boots BIOS"]
+    assert [h.found for h in checks.boot_mode(arm_bios, aws)] == [
+        "the disk boots with BIOS; AWS VM Import's arm64 machines boot UEFI"]
+    assert checks.boot_mode(arm_bios, aws)[0].fix.endswith("(imgsmith bootstrap --firmware uefi)")
+    assert checks.boot_mode(hybrid, tencent) == [] and checks.boot_mode(hybrid, gen2) == []
+
+    assert [h.found for h in checks.architecture(arm, PROFILES["vmware"])] == [
+        "the guest is aarch64; VMware runs x86_64, i386"]
+    assert all(checks.architecture(arm, PROFILES[c]) == [] for c in
+               ("openstack", "aliyun", "tencent", "aws", "azure", "azure-gen2", "gcp", "kvm"))
+    assert all(any(r.name == "architecture" for r in p.rules) for p in PROFILES.values())
+
+    # Azure: either generation boots a hybrid or BIOS disk; UEFI-only and arm64 need Generation 2,
+    # which boots nothing but UEFI.
+    assert checks.azure_generation(hybrid, azure) == checks.azure_generation(bios, azure) == []
+    assert [h.found for h in checks.azure_generation(x86_uefi, azure) + checks.azure_generation(arm, azure)] == [
+        "the disk boots only with UEFI: it runs only as a Generation 2 VM",
+        "the guest is aarch64 (arm64): it runs only as a Generation 2 VM"]
+    assert [h.found for h in checks.boot_mode(bios, gen2)] == [
+        "the disk boots with BIOS; Azure Generation 2 boots UEFI"]
+    assert "generation" in {r.name for r in azure.rules} and "generation" not in {r.name for r in gen2.rules}
+    assert (gen2.preset, gen2.formats, gen2.datasources) == ("azure", azure.formats, azure.datasources)

@@ -229,13 +229,18 @@ def test_layouts_root_not_last_and_gpt_esp_on_both_backends(tmp_path: Path,
                        "label: gpt\nstart=2048, size=100MiB, type=U\nsize=1046528, type=L\n", 2, esp=1)
     for backend in ("chroot", "appliance"):  # the appliance once: its partition listing must agree
         code, doc = check_json(gpt, CLOUDS, capsys, backend=backend)
-        assert (code, errors(doc)) == (1, {"tencent.partition-table"}), backend
-        finding = next(f for f in doc["findings"] if f["rule"] == "tencent.partition-table")
-        assert finding["found"] == "the disk has a GPT partition table; Tencent Cloud CVM accepts MBR"
-    code, doc = check_json(gpt, "hyperv", capsys)  # Hyper-V generation 2 boots UEFI: the ESP is what it needs
-    assert "hyperv.boot-mode" not in rules(doc)
-    code, doc = check_json(not_last, "hyperv", capsys)
-    assert "hyperv.boot-mode" in errors(doc)
+        assert (code, errors(doc)) == (1, {"tencent.partition-table", "tencent.boot-mode"}), backend
+        found = {f["rule"]: f["found"] for f in doc["findings"]}
+        assert found["tencent.partition-table"] == "the disk has a GPT partition table; Tencent Cloud CVM accepts MBR"
+        assert found["tencent.boot-mode"] == "the disk boots with UEFI; Tencent Cloud CVM boots BIOS"
+    # Hyper-V and Azure generation 2 boot UEFI: the ESP is what they need; Azure says a UEFI-only disk needs Gen2.
+    code, doc = check_json(gpt, "hyperv,azure,azure-gen2", capsys)
+    assert not {"hyperv.boot-mode", "azure-gen2.boot-mode", "azure.boot-mode"} & rules(doc)
+    generation = next(f for f in doc["findings"] if f["rule"] == "azure.generation")
+    assert (generation["severity"], generation["found"]) == ("warning", "the disk boots only with UEFI: it runs "
+                                                                        "only as a Generation 2 VM")
+    code, doc = check_json(not_last, "hyperv,azure,azure-gen2", capsys)
+    assert {"hyperv.boot-mode", "azure-gen2.boot-mode"} <= errors(doc) and "azure.generation" not in rules(doc)
 
 
 @pytest.mark.guest

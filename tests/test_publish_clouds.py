@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from publishing import IMGSMITH, build, run, with_guest
+from publishing import HYBRID, IMGSMITH, UEFI, build, run, with_guest
 from servers import Server, start_moto
 from standins.aliyun import AliyunStandIn
 from standins.tencent import TencentStandIn
@@ -77,7 +77,8 @@ def cvm(moto: Server) -> Iterator[TencentStandIn]:
     standin.stop()
 
 
-def setup(moto: Server, tmp_path: Path, kind: str, api: str, bucket: str, bucket_region: str | None = None) -> Path:
+def setup(moto: Server, tmp_path: Path, kind: str, api: str, bucket: str, bucket_region: str | None = None,
+          table: str = UEFI) -> Path:
     region = ALI_REGION if kind == "aliyun" else TC_REGION
     where = bucket_region or region
     s3(moto, where).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": where})
@@ -92,7 +93,7 @@ def setup(moto: Server, tmp_path: Path, kind: str, api: str, bucket: str, bucket
     key: "imports/{{name}}-{{sha256:12}}.qcow2"
     image-name: "{{name}}-{{sha256:12}}"
     tags: [team=images]
-""")
+""", table=table)
     with_guest(out)
     (tmp_path / "home").mkdir(exist_ok=True)
     return out
@@ -455,3 +456,18 @@ def test_an_output_its_cloud_check_refuses_is_not_published(moto: Server, ecs: A
     assert ecs.requests == [] and cvm.requests == []
     for b, region in (("oss-checked", ALI_REGION), ("cos-checked-1250000000", TC_REGION)):
         assert s3(moto, region).list_objects_v2(Bucket=b).get("KeyCount", 0) == 0
+
+
+def test_aliyun_hybrid_image_is_set_to_uefi_preferred(moto: Server, ecs: AliyunStandIn, tmp_path: Path) -> None:
+    """ImportImage takes BIOS or UEFI; a disk that boots both ways is then set to UEFI-Preferred (signed, checked)."""
+    out = setup(moto, tmp_path, "aliyun", ecs.url, "oss-hybrid", table=HYBRID)
+    r = run("publish", "out", "--part-size", "5M", cwd=tmp_path, env=env(tmp_path / "home", ALI_KEYS))
+    assert r.returncode == 0, r.stderr
+    assert ecs.actions() == ["DescribeImages", "ImportImage", "DescribeImages", "DescribeImages",
+                             "ModifyImageAttribute"]
+    image = next(iter(ecs.images.values()))
+    assert ecs.requests[1][1]["BootMode"] == "BIOS"
+    assert ecs.requests[-1][1] == {"RegionId": ALI_REGION, "ImageId": image.image_id, "BootMode": "UEFI-Preferred"}
+    assert image.params["BootMode"] == "UEFI-Preferred"
+    rec = json.loads((out / "manifest.json").read_text())["published"]["aliyun"]
+    assert (rec["image_id"], rec["boot_mode"]) == (image.image_id, "UEFI-Preferred")

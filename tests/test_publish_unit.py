@@ -18,7 +18,7 @@ from imgsmith.publish.spec import PublishSpec
 
 @pytest.mark.parametrize(("table", "want"), [
     ("label: gpt\n,8M,U\n,,L\n", "uefi"),                                      # ESP only
-    ("label: gpt\n,1M,21686148-6449-6E6F-744E-656564454649\n,8M,U\n,,L\n", "bios"),  # hybrid (bios_grub)
+    ("label: gpt\n,1M,21686148-6449-6E6F-744E-656564454649\n,8M,U\n,,L\n", "hybrid"),  # + bios_grub
     ("label: dos\n,,L,*\n", "bios"),
 ])
 def test_firmware_from_the_partition_table(tmp_path: Path, table: str, want: str) -> None:
@@ -115,3 +115,32 @@ def test_part_size_grows_to_stay_within_ten_thousand_parts(tmp_path: Path) -> No
     assert (dest(600 << 20).part_size, dest(600 << 20).parts) == (8 << 20, 75)
     big = dest(200 * 10**9)  # 200 GB: 8 MiB parts would be 23,842
     assert (big.part_size, big.parts) == (20 << 20, 9537)
+
+
+def test_a_hybrid_image_boot_mode_per_destination(tmp_path: Path) -> None:
+    """GPT with a BIOS boot partition and an ESP: each cloud gets its own word for "either way", or BIOS."""
+    from publishing import HYBRID, build, run, with_guest
+    out = build(tmp_path, """\
+  - {name: ami, output: pubtest.raw, to: aws, region: us-east-1, bucket: b}
+  - {name: ecs, output: pubtest.qcow2, to: aliyun, region: cn-hangzhou, bucket: b}
+  - {name: cvm, output: pubtest.qcow2, to: tencent, region: ap-guangzhou, bucket: b-1250000000}
+  - {name: glance, output: pubtest.qcow2, to: glance}
+""", table=HYBRID)
+    with_guest(out)
+    r = run("publish", "out", "--dry-run", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    calls = {d["name"]: {a["api"]: a["params"] for a in d["actions"]} for d in json.loads(r.stdout)["destinations"]}
+    assert calls["ami"]["ec2:RegisterImage"]["BootMode"] == "uefi-preferred"
+    # ImportImage documents BIOS and UEFI only; ModifyImageAttribute then sets the dual mode.
+    assert calls["ecs"]["ecs:ImportImage"]["BootMode"] == "BIOS"
+    assert calls["ecs"]["ecs:ModifyImageAttribute"] == {"RegionId": "cn-hangzhou", "ImageId": "(the image id)",
+                                                        "BootMode": "UEFI-Preferred"}
+    assert calls["cvm"]["cvm:ImportImage"]["BootMode"] == "Legacy BIOS"
+    assert calls["glance"]["POST /v2/images"]["hw_firmware_type"] == "bios"  # nova's default; it boots either way
+    # An arm64 guest on such a disk is imported as UEFI: arm64 instances have no BIOS.
+    with_guest(out, arch="aarch64")
+    r = run("publish", "out", "--dry-run", "--json", "--to", "ecs", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (ecs,) = json.loads(r.stdout)["destinations"]
+    params = {a["api"]: a["params"] for a in ecs["actions"]}
+    assert params["ecs:ImportImage"]["BootMode"] == "UEFI" and "ecs:ModifyImageAttribute" not in params

@@ -20,6 +20,8 @@ checks what it checks:
 - the documented responses: ImportImage -> ImageId and TaskId; DescribeImages -> the image
   ``Creating`` with a Progress, then ``Available``, or ``CreateFailed`` when the test set
   ``fail``; DescribeTaskAttribute -> the task with its OperationProgress ErrorCode/ErrorMsg.
+- ModifyImageAttribute of an Available image, whose BootMode (unlike ImportImage's) documents
+  ``UEFI-Preferred``; an arm64 image stays UEFI.
 
 Every accepted request is kept in ``requests`` (action and parameters) for the tests to read.
 """
@@ -45,6 +47,7 @@ REQUIRED = {
     "ImportImage": ("RegionId", "DiskDeviceMapping.1.OSSBucket", "DiskDeviceMapping.1.OSSObject"),
     "DescribeImages": ("RegionId",),
     "DescribeTaskAttribute": ("RegionId", "TaskId"),
+    "ModifyImageAttribute": ("RegionId", "ImageId"),
 }
 PLATFORMS = ("Aliyun", "Anolis", "CentOS", "Ubuntu", "CoreOS", "SUSE", "Debian", "OpenSUSE", "FreeBSD", "RedHat",
              "Kylin", "UOS", "Fedora", "Fedora CoreOS", "CentOS Stream", "AlmaLinux", "Rocky Linux", "Gentoo",
@@ -58,6 +61,10 @@ _ENUMS = {"Architecture": (("i386", "x86_64", "arm64"), "InvalidArchitecture.Mal
           "DiskDeviceMapping.1.Format": (("RAW", "VHD", "QCOW2", "VMDK"), "InvalidImageFormat.Malformed",
                                          "The specified Image Format is wrongly formed.")}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9.:_-]{1,127}$")
+
+
+# ModifyImageAttribute's BootMode, which (unlike ImportImage's) documents the dual mode.
+_MODIFY_BOOT = ("BIOS", "UEFI", "UEFI-Preferred")
 
 
 def _rfc3986(text: str) -> str:
@@ -232,7 +239,7 @@ class AliyunStandIn:
         if not 1 <= disk <= 2048 or disk << 30 < size:
             raise Refused(400, "InvalidImageSize", f"The specified DiskImageSize {disk} GiB is out of range or "
                                                    f"smaller than the image file ({size} bytes).")
-        image = Image(p, self._id("m"), self._id("t"))
+        image = Image(dict(p), self._id("m"), self._id("t"))  # its own copy: requests keep what was sent
         self.images[image.image_id] = image
         return self._import_answer(image)
 
@@ -270,6 +277,21 @@ class AliyunStandIn:
                 "OSType": p.get("OSType", "linux"), "BootMode": p.get("BootMode", "BIOS"),
                 "Size": int(p.get("DiskDeviceMapping.1.DiskImageSize") or 0), "ImageOwnerAlias": "self",
                 "CreationTime": "2026-12-02T01:00:00Z", "Tags": {"Tag": tags}}
+
+    def _ModifyImageAttribute(self, p: dict[str, str]) -> dict[str, Any]:
+        image = self.images.get(p["ImageId"])
+        if image is None:
+            raise Refused(404, "InvalidImageId.NotFound", "The specified ImageId does not exist.")
+        if "BootMode" in p and p["BootMode"] not in _MODIFY_BOOT:
+            raise Refused(400, "InvalidBootMode.Malformed", 'The specified parameter "BootMode" is malformed.')
+        if image.status != "Available":
+            raise Refused(403, "IncorrectImageStatus", "The current status of the resource does not support this "
+                                                       "operation.")
+        if image.params.get("Architecture") == "arm64" and p.get("BootMode", "UEFI") != "UEFI":
+            raise Refused(400, "InvalidBootMode.NotSupport", "The specified parameter BootMode is not supported "
+                                                             "for current image architecture.")
+        image.params.update({k: v for k, v in p.items() if k in ("BootMode", "ImageName", "Description")})
+        return {"RequestId": "6EF60BEC-0242-43AF-STANDIN"}
 
     def _DescribeTaskAttribute(self, p: dict[str, str]) -> dict[str, Any]:
         image = next((i for i in self.images.values() if i.task_id == p["TaskId"]), None)

@@ -16,7 +16,7 @@ from .base import Finding, Profile, Rule
 __all__ = ["CLOUDS", "PROFILES", "Finding", "Profile", "Rule"]
 
 PROFILES: Mapping[str, Profile] = {p.name: p for p in (
-    openstack.PROFILE, aliyun.PROFILE, tencent.PROFILE, aws.PROFILE, azure.PROFILE, gcp.PROFILE,
+    openstack.PROFILE, aliyun.PROFILE, tencent.PROFILE, aws.PROFILE, azure.PROFILE, azure.GEN2, gcp.PROFILE,
     hypervisors.KVM, hypervisors.VMWARE, hypervisors.VIRTUALBOX, hypervisors.HYPERV,
 )}
 CLOUDS = tuple(PROFILES)

@@ -5,16 +5,17 @@ from __future__ import annotations
 from .base import ERROR, WARNING, Profile
 from .catalog import rule
 from .checks import needs_early
-from .sources import ALIYUN_IMPORT, ALIYUN_REQUIREMENTS, ALIYUN_VIRTIO, CI_DATASOURCES
+from .sources import ALIYUN_BOOT, ALIYUN_IMPORT, ALIYUN_REQUIREMENTS, ALIYUN_VIRTIO, CI_DATASOURCES
 
 PROFILE = Profile(
-    name="aliyun", description="Alibaba Cloud ECS", preset="aliyun",
+    name="aliyun", description="Alibaba Cloud ECS", preset="aliyun", arches=("x86_64", "i386", "aarch64"),
     formats=("qcow2", "raw", "vpc", "vmdk"),
     drivers=(("virtio_pci",), ("virtio_blk",)), late_drivers=(("virtio_net",),),
     datasources=("AliYun",),
     rules=(
         rule("format", WARNING, ALIYUN_IMPORT),
         rule("root-found", ERROR, ALIYUN_IMPORT),
+        rule("architecture", ERROR, ALIYUN_BOOT),
         rule("format-rules", ERROR, ALIYUN_IMPORT),
         rule("boot-mode", ERROR, ALIYUN_REQUIREMENTS),
         rule("root-last", ERROR, ALIYUN_REQUIREMENTS),

@@ -5,15 +5,16 @@ from __future__ import annotations
 from .base import ERROR, WARNING, Profile
 from .catalog import rule
 from .checks import needs_early, needs_module
-from .sources import AWS_ENA, AWS_FORMATS, AWS_NVME, CI_DATASOURCES
+from .sources import AWS_BOOT, AWS_ENA, AWS_FORMATS, AWS_NVME, CI_DATASOURCES
 
 PROFILE = Profile(
-    name="aws", description="AWS VM Import", preset="aws",
+    name="aws", description="AWS VM Import", preset="aws", arches=("x86_64", "aarch64"),
     formats=("vmdk", "vpc", "vhdx", "raw"),
     datasources=("Ec2",),
     rules=(
         rule("format", WARNING, AWS_FORMATS),
         rule("root-found", ERROR, AWS_FORMATS),
+        rule("architecture", ERROR, AWS_BOOT),
         rule("format-rules", ERROR, AWS_FORMATS),
         rule("boot-mode", ERROR, AWS_FORMATS),
         rule("root-last", WARNING, AWS_FORMATS),

@@ -85,6 +85,9 @@ class Profile:
     ``preset`` names the :mod:`imgsmith.disk.presets` entry whose format rules apply;
     ``drivers`` lists groups of kernel modules, one of each group must be available early
     (built in or in the initramfs); ``late_drivers`` may also be loadable modules.
+    ``arches`` are the guest architectures the target runs, in libguestfs's words (x86_64,
+    aarch64, i386). ``boot_modes`` and ``partition_tables`` are those of its x86 machines: an
+    arm64 machine boots UEFI only, from either table (:meth:`boot_modes_for`).
     """
 
     name: str
@@ -98,7 +101,15 @@ class Profile:
     datasources: tuple[str, ...] = ()
     console: str = "ttyS0"
     own_tools: tuple[str, ...] = ()  # guest-tool families that belong here (vmware, virtualbox, xen, hyperv)
+    arches: tuple[str, ...] = ("x86_64",)
     rules: tuple[Rule, ...] = field(default=())
 
     def rule_id(self, rule: Rule) -> str:
         return f"{self.name}.{rule.name}"
+
+    def boot_modes_for(self, arch: str) -> tuple[str, ...]:
+        """How the target boots a guest of *arch*: every cloud's arm64 machines have UEFI firmware only."""
+        return ("uefi",) if arch == "aarch64" else self.boot_modes
+
+    def partition_tables_for(self, arch: str) -> tuple[str, ...]:
+        return ("mbr", "gpt") if arch == "aarch64" else self.partition_tables

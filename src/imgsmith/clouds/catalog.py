@@ -22,7 +22,9 @@ CATALOG: Mapping[str, tuple[CheckFn, str]] = {
                                           "size multiple, size limits)"),
     "partition-present": (checks.partition_present, "the disk has a partition table"),
     "partition-table": (checks.partition_table, "the partition table type (MBR/GPT) is one the target accepts"),
-    "boot-mode": (checks.boot_mode, "the disk can boot the way the target boots (BIOS, or UEFI with an ESP)"),
+    "boot-mode": (checks.boot_mode, "the disk can boot the way the target boots (BIOS, or UEFI with an ESP; "
+                                    "UEFI on arm64)"),
+    "architecture": (checks.architecture, "the guest's architecture is one the target runs"),
     "root-last": (checks.root_last, "the root partition is the last one, so growpart can grow it"),
     "no-lvm-root": (checks.lvm_root, "the root filesystem is not on LVM"),
     "no-swap": (checks.no_swap, "no swap partition or swap line in /etc/fstab on the OS disk"),

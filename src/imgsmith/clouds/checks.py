@@ -86,22 +86,46 @@ def partition_present(f: Facts, p: Profile) -> list[Hit]:
 
 
 def partition_table(f: Facts, p: Profile) -> list[Hit]:
-    if not f.table or f.table in p.partition_tables:
+    tables = p.partition_tables_for(f.arch)
+    if not f.table or f.table in tables:
         return []
     names = {"mbr": "MBR", "gpt": "GPT"}
     return [Hit(f"the disk has a {names.get(f.table, f.table)} partition table; {p.description} accepts "
-                + " or ".join(names.get(t, t) for t in p.partition_tables), "/dev/sda",
+                + " or ".join(names.get(t, t) for t in tables), "/dev/sda",
                 "rebuild the image with an MBR partition table (imgsmith bootstrap --firmware bios)")]
 
 
 def boot_mode(f: Facts, p: Profile) -> list[Hit]:
-    if set(f.boot_modes) & set(p.boot_modes):
+    modes = p.boot_modes_for(f.arch)
+    if set(f.boot_modes) & set(modes):
         return []
     have = " and ".join(m.upper() for m in f.boot_modes) or "neither BIOS nor UEFI"
-    want = " or ".join(m.upper() for m in p.boot_modes)
-    fix = "add an EFI system partition with a UEFI boot loader" if "uefi" in p.boot_modes else \
-        "use an MBR disk (or GPT with a BIOS boot partition) and a BIOS boot loader"
-    return [Hit(f"the disk boots with {have}; {p.description} boots {want}", "/dev/sda", fix)]
+    want = " or ".join(m.upper() for m in modes)
+    whose = f"{p.description}'s arm64 machines boot" if modes != p.boot_modes else f"{p.description} boots"
+    if "uefi" in modes:
+        fix = ("add an EFI system partition with a UEFI boot loader (imgsmith bootstrap --firmware "
+               f"{'uefi' if f.arch == 'aarch64' else 'hybrid'})")
+    else:
+        fix = "use an MBR disk (or GPT with a BIOS boot partition) and a BIOS boot loader"
+    return [Hit(f"the disk boots with {have}; {whose} {want}", "/dev/sda", fix)]
+
+
+def architecture(f: Facts, p: Profile) -> list[Hit]:
+    if f.arch in p.arches or f.arch in ("", "unknown"):
+        return []
+    return [Hit(f"the guest is {f.arch}; {p.description} runs " + ", ".join(p.arches), "/", "build the image "
+                f"for {' or '.join(p.arches)} (bootstrap: {{arch: ...}})")]
+
+
+def azure_generation(f: Facts, p: Profile) -> list[Hit]:
+    """Azure boots Generation 1 VMs with BIOS and Generation 2 with UEFI; arm64 sizes are Generation 2 only."""
+    why = "the guest is aarch64 (arm64)" if f.arch == "aarch64" else \
+        "the disk boots only with UEFI" if f.boot_modes == ("uefi",) else None
+    if why is None:
+        return []
+    return [Hit(f"{why}: it runs only as a Generation 2 VM", "/dev/sda", "create the Azure image as Generation 2 "
+                "(az image create / az sig image-definition create --hyper-v-generation V2), or check it "
+                "--for azure-gen2")]
 
 
 def root_last(f: Facts, p: Profile) -> list[Hit]:

@@ -101,8 +101,10 @@ def render_clouds_doc() -> str:
     for profile in PROFILES.values():
         parts.append(f"## {profile.name} — {profile.description}\n\n")
         facts = [f"formats it imports: {', '.join(profile.formats)} (preset `{profile.preset}`)",
+                  f"architectures: {', '.join(profile.arches)}",
                  f"boot modes: {', '.join(m.upper() for m in profile.boot_modes)}; partition tables: "
-                 + ", ".join(t.upper() for t in profile.partition_tables)]
+                 + ", ".join(t.upper() for t in profile.partition_tables)
+                 + ("; arm64: UEFI, MBR or GPT" if "aarch64" in profile.arches else "")]
         if profile.drivers or profile.late_drivers:
             groups = [" or ".join(g) for g in profile.drivers]
             late = [" or ".join(g) for g in profile.late_drivers]

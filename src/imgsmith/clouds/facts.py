@@ -134,6 +134,11 @@ class Facts:
         except GuestError:
             return []
 
+    @functools.cached_property
+    def arch(self) -> str:
+        """The guest's architecture as inspection names it (x86_64, aarch64, i386), or "unknown"."""
+        return self.guest.os.arch or "unknown"
+
     # --- the disk
     @functools.cached_property
     def table(self) -> str:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from .base import ERROR, WARNING, Profile
 from .catalog import rule
-from .sources import CI_DATASOURCES, GCP_CONFIGURE, GCP_IMPORT, GCP_OS
+from .sources import CI_DATASOURCES, GCP_ARM, GCP_CONFIGURE, GCP_IMPORT, GCP_OS
 
 PROFILE = Profile(
-    name="gcp", description="Compute Engine", preset="gcp", formats=("raw",),
+    name="gcp", description="Compute Engine", preset="gcp", arches=("x86_64", "aarch64"), formats=("raw",),
     drivers=(("virtio_pci",), ("virtio_scsi", "nvme")), late_drivers=(("virtio_net", "gve"),),
     datasources=("GCE",),
     rules=(
         rule("format", WARNING, GCP_IMPORT),
         rule("root-found", ERROR, GCP_IMPORT),
+        rule("architecture", ERROR, GCP_ARM),
         rule("format-rules", ERROR, GCP_IMPORT),
         rule("boot-mode", ERROR, GCP_OS),
         rule("root-last", WARNING, GCP_OS),

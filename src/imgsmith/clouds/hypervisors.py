@@ -12,10 +12,11 @@ from .catalog import rule
 from .sources import HYPERV_GEN2, OVF_SPEC, QEMU_FORMATS, VBOX_MANUAL
 
 KVM = Profile(
-    name="kvm", description="qemu/KVM", preset="kvm", formats=("qcow2", "raw"),
+    name="kvm", description="qemu/KVM", preset="kvm", formats=("qcow2", "raw"), arches=("x86_64", "aarch64", "i386"),
     drivers=(("virtio_pci",), ("virtio_blk", "virtio_scsi")), late_drivers=(("virtio_net",),),
     rules=(
         rule("format", WARNING, QEMU_FORMATS),
+        rule("architecture", ERROR, QEMU_FORMATS),
         rule("virtio", ERROR, QEMU_FORMATS),
         rule("net-driver", WARNING, QEMU_FORMATS),
         rule("grub-config", WARNING, QEMU_FORMATS),
@@ -25,8 +26,10 @@ KVM = Profile(
 
 VMWARE = Profile(
     name="vmware", description="VMware", preset="vmware", formats=("vmdk",), own_tools=("vmware",),
+    arches=("x86_64", "i386"),
     rules=(
         rule("format", WARNING, OVF_SPEC),
+        rule("architecture", ERROR, OVF_SPEC),
         rule("grub-config", WARNING, OVF_SPEC),
         rule("guest-tools", WARNING, OVF_SPEC),
     ),
@@ -34,9 +37,10 @@ VMWARE = Profile(
 
 VIRTUALBOX = Profile(
     name="virtualbox", description="VirtualBox", preset="virtualbox", formats=("vdi", "vmdk", "vpc"),
-    own_tools=("virtualbox",),
+    own_tools=("virtualbox",), arches=("x86_64", "i386"),
     rules=(
         rule("format", WARNING, VBOX_MANUAL),
+        rule("architecture", ERROR, VBOX_MANUAL),
         rule("grub-config", WARNING, VBOX_MANUAL),
         rule("guest-tools", WARNING, VBOX_MANUAL),
     ),
@@ -47,6 +51,7 @@ HYPERV = Profile(
     drivers=(("hv_vmbus",), ("hv_storvsc",)), late_drivers=(("hv_netvsc",),), own_tools=("hyperv",),
     rules=(
         rule("format", WARNING, HYPERV_GEN2),
+        rule("architecture", ERROR, HYPERV_GEN2),
         rule("format-rules", ERROR, HYPERV_GEN2),
         rule("boot-mode", ERROR, HYPERV_GEN2),
         rule("drivers", ERROR, HYPERV_GEN2),

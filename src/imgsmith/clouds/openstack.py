@@ -7,13 +7,14 @@ from .catalog import rule
 from .sources import CI_DATASOURCES, OPENSTACK_FORMATS, OPENSTACK_IMAGES, OPENSTACK_PROPERTIES
 
 PROFILE = Profile(
-    name="openstack", description="OpenStack", preset="openstack",
+    name="openstack", description="OpenStack", preset="openstack", arches=("x86_64", "aarch64"),
     formats=("qcow2", "raw", "vmdk", "vpc", "vhdx", "vdi"),
     drivers=(("virtio_pci",), ("virtio_blk", "virtio_scsi")), late_drivers=(("virtio_net",),),
     datasources=("OpenStack", "ConfigDrive"),
     rules=(
         rule("format", WARNING, OPENSTACK_FORMATS),
         rule("root-found", ERROR, OPENSTACK_FORMATS),
+        rule("architecture", ERROR, OPENSTACK_PROPERTIES),
         rule("boot-mode", ERROR, OPENSTACK_PROPERTIES),
         rule("root-last", WARNING, OPENSTACK_IMAGES),
         rule("one-disk", ERROR, OPENSTACK_IMAGES),

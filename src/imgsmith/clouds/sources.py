@@ -20,10 +20,10 @@ from ..disk.presets import (
 )
 
 __all__ = [
-    "ALIYUN_IMPORT", "ALIYUN_REQUIREMENTS", "ALIYUN_VIRTIO", "AWS_ENA", "AWS_FORMATS", "AWS_NVME", "AZURE_GENERIC",
-    "AZURE_HYPERV", "CI_DATASOURCES", "GCP_CONFIGURE", "GCP_IMPORT", "GCP_OS", "HYPERV_GEN2", "OPENSTACK_FORMATS",
-    "OPENSTACK_IMAGES", "OPENSTACK_PROPERTIES", "OVF_SPEC", "QEMU_FORMATS", "TENCENT_IMPORT", "TENCENT_IMPORTING",
-    "VBOX_MANUAL",
+    "ALIYUN_BOOT", "ALIYUN_IMPORT", "ALIYUN_REQUIREMENTS", "ALIYUN_VIRTIO", "AWS_BOOT", "AWS_ENA", "AWS_FORMATS",
+    "AWS_NVME", "AZURE_GEN2", "AZURE_GENERIC", "AZURE_HYPERV", "CI_DATASOURCES", "GCP_ARM", "GCP_CONFIGURE",
+    "GCP_IMPORT", "GCP_OS", "HYPERV_GEN2", "OPENSTACK_FORMATS", "OPENSTACK_IMAGES", "OPENSTACK_PROPERTIES",
+    "OVF_SPEC", "QEMU_FORMATS", "TENCENT_API", "TENCENT_IMPORT", "TENCENT_IMPORTING", "VBOX_MANUAL",
 ]
 
 OPENSTACK_IMAGES = "https://docs.openstack.org/image-guide/openstack-images.html"
@@ -38,3 +38,8 @@ AZURE_HYPERV = ("https://learn.microsoft.com/en-us/troubleshoot/azure/virtual-ma
 GCP_OS = "https://cloud.google.com/compute/docs/images/building-custom-os"
 GCP_CONFIGURE = "https://cloud.google.com/compute/docs/import/configuring-imported-images"
 CI_DATASOURCES = "https://cloudinit.readthedocs.io/en/latest/reference/datasources.html"
+ALIYUN_BOOT = "https://www.alibabacloud.com/help/en/ecs/user-guide/instance-startup-mode"
+AWS_BOOT = "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ami-boot.html"
+AZURE_GEN2 = "https://learn.microsoft.com/en-us/azure/virtual-machines/generation-2"
+GCP_ARM = "https://cloud.google.com/compute/docs/instances/arm-on-compute"
+TENCENT_API = "https://www.tencentcloud.com/document/api/213/33270"

@@ -11,7 +11,7 @@ from ..disk.sizes import format_size
 from .base import ERROR, WARNING, Hit, Profile
 from .catalog import rule
 from .facts import Facts
-from .sources import CI_DATASOURCES, TENCENT_IMPORT, TENCENT_IMPORTING
+from .sources import CI_DATASOURCES, TENCENT_API, TENCENT_IMPORT, TENCENT_IMPORTING
 
 GB = 1000**3  # Tencent states its limits in GB
 MAX_VIRTUAL = 500 * GB
@@ -32,17 +32,19 @@ def size_limits(f: Facts, p: Profile) -> list[Hit]:
 
 
 PROFILE = Profile(
-    name="tencent", description="Tencent Cloud CVM", preset="tencent",
+    name="tencent", description="Tencent Cloud CVM", preset="tencent", arches=("x86_64", "i386", "aarch64"),
     formats=("qcow2", "raw", "vpc", "vmdk"), boot_modes=("bios",), partition_tables=("mbr",),
     drivers=(("virtio_pci",), ("virtio_blk",)), late_drivers=(("virtio_net",),),
     datasources=("ConfigDrive",),
     rules=(
         rule("format", WARNING, TENCENT_IMPORT),
         rule("root-found", ERROR, TENCENT_IMPORT, "RootPartitionNotFound"),
+        rule("architecture", ERROR, TENCENT_API),
         rule("size", ERROR, TENCENT_IMPORTING, "InvalidFormatSize", check=size_limits,
              text="the virtual size is at most 500 GB and the qcow2 conversion at most 50 GB"),
         rule("partition-present", ERROR, TENCENT_IMPORTING, "PartitionNotPresent"),
         rule("partition-table", ERROR, TENCENT_IMPORTING),
+        rule("boot-mode", ERROR, TENCENT_IMPORTING),
         rule("root-last", WARNING, TENCENT_IMPORTING),
         rule("one-disk", ERROR, TENCENT_IMPORTING),
         rule("fstab-uuid", WARNING, TENCENT_IMPORTING),

@@ -19,7 +19,7 @@ from typing import Any
 
 from .base import Action, PublishError, Record, image_name
 from .credentials import Keys, aliyun_keys
-from .imports import TAG, architecture, first, gib, poll
+from .imports import TAG, architecture, boot_mode, first, gib, poll
 from .s3 import S3Destination
 
 __all__ = ["AliyunDestination"]
@@ -28,7 +28,10 @@ VERSION = "2014-05-26"
 _FORMAT = {"qcow2": "QCOW2", "raw": "RAW", "vpc": "VHD"}
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64", "i386": "i386",
          "i686": "i386"}
-_BOOT = {"bios": "BIOS", "uefi": "UEFI"}
+# ImportImage's BootMode takes BIOS or UEFI; a hybrid image is imported as BIOS and then set to
+# UEFI-Preferred (ModifyImageAttribute, which documents that value): UEFI where the instance type has it.
+_BOOT = {"bios": "BIOS", "uefi": "UEFI", "hybrid": "BIOS"}
+DUAL = "UEFI-Preferred"
 # The manifest's distro (libguestfs inspection names) -> ImportImage's Platform vocabulary.
 _PLATFORM = {"debian": "Debian", "ubuntu": "Ubuntu", "centos": "CentOS", "rhel": "RedHat", "redhat-based": "RedHat",
              "fedora": "Fedora", "opensuse": "OpenSUSE", "sles": "SUSE", "suse-based": "SUSE",
@@ -74,14 +77,12 @@ class AliyunDestination(S3Destination):
         if size > MAX_DISK_GIB:
             raise PublishError(f"{self.spec.name}: aliyun: the virtual size is {size} GiB; an imported system "
                                f"disk is at most {MAX_DISK_GIB} GiB")
-        if arch == "arm64" and a.firmware != "uefi":
-            raise PublishError(f"{self.spec.name}: aliyun: an arm64 image boots with UEFI only, and this output's "
-                               "partition table has no EFI system partition")
+        mode = boot_mode(self.spec.name, "aliyun", a, arch, _BOOT)
         tags = [{"Key": TAG, "Value": a.sha256}, *({"Key": k, "Value": v} for k, _, v in
                                                    (t.partition("=") for t in e.tags))]
         return {"RegionId": e.region, "ImageName": image_name(e.image_name, a),
                 "Description": f"imgsmith {a.name} sha256 {a.sha256}", "Architecture": arch, "OSType": "linux",
-                "Platform": self.platform, "BootMode": _BOOT[a.firmware], "LicenseType": "Auto",
+                "Platform": self.platform, "BootMode": mode, "LicenseType": "Auto",
                 "DiskDeviceMapping": [{"OSSBucket": e.bucket, "OSSObject": self.key, "Format": _FORMAT[a.format],
                                        "DiskImageSize": size}],
                 "Tag": tags, "ClientToken": f"imgsmith-{a.sha256[:54]}"}
@@ -92,7 +93,16 @@ class AliyunDestination(S3Destination):
         return [Action("ecs:DescribeImages", {"RegionId": e.region, "Tag": tag, "Status": _STATES}),
                 *super().plan(), Action("ecs:ImportImage", self._import_params()),
                 Action("ecs:DescribeImages", {"RegionId": e.region, "ImageId": "(the image id)", "Status": _STATES,
-                                              "until": "Available"})]
+                                              "until": "Available"}),
+                *([Action("ecs:ModifyImageAttribute", self._dual_params("(the image id)"))] if self.dual else [])]
+
+    @property
+    def dual(self) -> bool:
+        """A hybrid x86 image: set to UEFI-Preferred once imported (arm64 is UEFI anyway)."""
+        return self.artifact.firmware == "hybrid" and self._import_params()["Architecture"] != "arm64"
+
+    def _dual_params(self, image_id: str) -> dict[str, Any]:
+        return {"RegionId": self.entry.region, "ImageId": image_id, "BootMode": DUAL}
 
     # --- the service -------------------------------------------------------------------------------
 
@@ -135,7 +145,7 @@ class AliyunDestination(S3Destination):
 
     def find(self, previous: Record | None) -> Record | None:
         """The image ECS lists with this sha256's tag, Available: nothing to send. One still importing is waited for."""
-        if self.found.get("Status") == "Available":
+        if self.found.get("Status") == "Available" and (not self.dual or self.found.get("BootMode") == DUAL):
             self.image_id = str(self.found["ImageId"])
             return self._record()
         if self.found:
@@ -152,7 +162,9 @@ class AliyunDestination(S3Destination):
     def register(self) -> None:
         if self.image_id:
             from ..events import Message
-            self.emit(Message(f"{self.spec.name}: ecs image {self.image_id} is still importing: waiting for it"))
+            self.emit(Message(f"{self.spec.name}: ecs image {self.image_id} is already imported: setting its boot "
+                              f"mode to {DUAL}" if self.found.get("Status") == "Available" else
+                              f"{self.spec.name}: ecs image {self.image_id} is still importing: waiting for it"))
             return
         r = self._ecs("ImportImage", **self._import_params())
         self.image_id, self.task_id = str(r["ImageId"]), str(r.get("TaskId") or "")
@@ -161,6 +173,8 @@ class AliyunDestination(S3Destination):
 
     def wait(self, timeout: float) -> Record:
         poll(f"{self.spec.name}: aliyun import of {self.image_id} (task {self.task_id or '?'})", timeout, self._state)
+        if self.dual:  # also when an earlier run imported it and stopped before this call
+            self._ecs("ModifyImageAttribute", **self._dual_params(self.image_id))
         return self._record()
 
     def _state(self) -> tuple[str, str]:
@@ -186,4 +200,5 @@ class AliyunDestination(S3Destination):
 
     def _record(self) -> Record:
         return {**super()._record(), "image_id": self.image_id, "import_task_id": self.task_id,
-                "platform": self.platform, "import_status": "Available", "status": "registered"}
+                "platform": self.platform, "boot_mode": DUAL if self.dual else self._import_params()["BootMode"],
+                "import_status": "Available", "status": "registered"}

@@ -19,13 +19,15 @@ import time
 from typing import Any
 
 from .base import Action, PublishError, Record, image_name
+from .imports import boot_mode
 from .s3 import S3Destination
 
 __all__ = ["AwsDestination"]
 
 _FORMAT = {"raw": "RAW", "vmdk": "VMDK", "vpc": "VHD"}
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
-_BOOT = {"bios": "legacy-bios", "uefi": "uefi"}
+# RegisterImage's BootMode; uefi-preferred: UEFI on instance types that have it, else Legacy BIOS.
+_BOOT = {"bios": "legacy-bios", "uefi": "uefi", "hybrid": "uefi-preferred"}
 ROOT_DEVICE = "/dev/xvda"
 
 
@@ -59,7 +61,9 @@ class AwsDestination(S3Destination):
         a = self.artifact
         size = max(1, -(-a.virtual_size // (1 << 30)))
         return {"Name": image_name(self.entry.image_name, a), "Description": f"imgsmith {a.name} sha256 {a.sha256}",
-                "Architecture": self.architecture, "BootMode": _BOOT[a.firmware], "RootDeviceName": ROOT_DEVICE,
+                "Architecture": self.architecture,
+                "BootMode": boot_mode(self.spec.name, "aws", a, self.architecture, _BOOT),
+                "RootDeviceName": ROOT_DEVICE,
                 "VirtualizationType": "hvm", "EnaSupport": True,
                 "BlockDeviceMappings": [{"DeviceName": ROOT_DEVICE,
                                          "Ebs": {"SnapshotId": snapshot_id, "VolumeSize": size,

@@ -46,7 +46,7 @@ class Artifact:
     definition: str  # the definition's name
     guest: dict[str, Any] = field(default_factory=dict)  # distro, version, arch, kernels, packages
     checks: dict[str, Any] | None = None  # the build's cloud check of this output, when it had one
-    firmware: str = "bios"  # bios | uefi (publish/firmware.py)
+    firmware: str = "bios"  # bios | uefi | hybrid (publish/firmware.py)
 
     @property
     def name(self) -> str:

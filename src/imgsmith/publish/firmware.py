@@ -2,9 +2,10 @@
 
 The first 34 sectors (MBR, GPT header and entries) are read through ``qemu-img dd`` so any
 format works (a compressed qcow2 too). A GPT disk with an EFI system partition and no BIOS
-boot partition boots only with UEFI; everything else (MBR, hybrid GPT with a bios_grub
-partition, as the distributions' cloud images are) boots with BIOS, which every cloud
-defaults to.
+boot partition boots only with UEFI (``uefi``); one with both, as the distributions' cloud
+images are, boots either way (``hybrid``); everything else boots with BIOS (``bios``). Each
+destination turns that into its own vocabulary: AWS ``uefi-preferred`` and Alibaba Cloud's
+``UEFI-Preferred`` for ``hybrid``, BIOS (every cloud's default) where a cloud has no such value.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _BIOS_BOOT = uuid.UUID("21686148-6449-6E6F-744E-656564454649")
 
 
 def firmware_of_table(head: bytes) -> str:
-    """``uefi`` or ``bios`` from the first 34 sectors of a disk."""
+    """``uefi``, ``hybrid`` or ``bios`` from the first 34 sectors of a disk."""
     if len(head) < 1024 or head[510:512] != b"\x55\xaa":
         return "bios"
     types = [head[446 + 16 * i + 4] for i in range(4)]
@@ -40,7 +41,9 @@ def firmware_of_table(head: bytes) -> str:
         if at + 16 > len(head):
             break
         found.add(uuid.UUID(bytes_le=head[at:at + 16]))
-    return "uefi" if _ESP in found and _BIOS_BOOT not in found else "bios"
+    if _ESP not in found:
+        return "bios"
+    return "hybrid" if _BIOS_BOOT in found else "uefi"
 
 
 def firmware_of(path: Path, fmt: str) -> str:
@@ -52,16 +55,10 @@ def firmware_of(path: Path, fmt: str) -> str:
 
 
 def firmware_for(manifest: dict[str, object], path: Path, fmt: str) -> str:
-    """The manifest's ``boot.firmware`` when the build recorded it, else read from the partition table.
-
-    Clouds take one value (AWS ``BootMode``, Glance ``hw_firmware_type``): a hybrid image is
-    published as ``bios``, the mode every cloud defaults to and one it boots in
-    (docs/decisions.md); ``uefi`` only for an image that boots no other way.
-    """
+    """``bios``, ``uefi`` or ``hybrid``: the manifest's ``boot.firmware`` when the build recorded it, else
+    read from the partition table (an image built before the manifest had a boot record, or not by us)."""
     boot = manifest.get("boot")
     recorded = boot.get("firmware") if isinstance(boot, dict) else None
-    if recorded in ("bios", "hybrid"):
-        return "bios"
-    if recorded == "uefi":
-        return "uefi"
+    if recorded in ("bios", "uefi", "hybrid"):
+        return str(recorded)
     return firmware_of(path, fmt)

@@ -44,7 +44,9 @@ def _os_version(distro: str, version: str) -> str:
 def glance_properties(a: Any) -> dict[str, Any]:
     """The image record's properties from the manifest's facts (user properties are merged on top)."""
     guest = a.guest or {}
-    props: dict[str, Any] = {"imgsmith_sha256": a.sha256, "hw_firmware_type": a.firmware,
+    # Nova boots hw_firmware_type=bios by default: a hybrid image is published as bios (it boots either way).
+    firmware = "uefi" if a.firmware == "uefi" else "bios"
+    props: dict[str, Any] = {"imgsmith_sha256": a.sha256, "hw_firmware_type": firmware,
                              "min_disk": max(1, math.ceil(a.virtual_size / GiB))}
     distro = str(guest.get("distro") or "")
     if distro and distro != "unknown":

@@ -15,7 +15,7 @@ from typing import Any
 
 from .base import Artifact, PublishError
 
-__all__ = ["TAG", "architecture", "gib", "poll"]
+__all__ = ["TAG", "architecture", "boot_mode", "gib", "poll"]
 
 TAG = "imgsmith-sha256"  # the image tag (key) whose value is the output's sha256
 
@@ -28,6 +28,20 @@ def architecture(name: str, cloud: str, artifact: Artifact, table: dict[str, str
         raise PublishError(f"{name}: {cloud}: the manifest's guest architecture {arch or '(none)'!r} is not one "
                            f"{cloud} imports ({known}): build with layers so the guest is inspected")
     return table[arch]
+
+
+def boot_mode(name: str, cloud: str, artifact: Artifact, arch: str, table: dict[str, str]) -> str:
+    """The cloud's boot-mode value for the output's firmware (bios | uefi | hybrid, publish/firmware.py).
+
+    Every cloud boots arm64 with UEFI only: an arm64 output without an ESP is refused before
+    anything is sent, and an arm64 one is always imported as UEFI.
+    """
+    if arch in ("arm64", "arm_64", "aarch64"):
+        if artifact.firmware == "bios":
+            raise PublishError(f"{name}: {cloud}: an arm64 image boots with UEFI only, and this output's "
+                               "partition table has no EFI system partition")
+        return table["uefi"]
+    return table[artifact.firmware]
 
 
 def gib(size: int) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .base import Action, PublishError, Record, image_name
 from .credentials import Keys, tencent_keys
-from .imports import TAG, architecture, first, poll
+from .imports import TAG, architecture, boot_mode, first, poll
 from .s3 import S3Destination
 
 __all__ = ["TencentDestination"]
@@ -27,7 +27,8 @@ __all__ = ["TencentDestination"]
 VERSION = "2017-03-12"
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm_64", "arm64": "arm_64", "i386": "i386",
          "i686": "i386"}
-_BOOT = {"bios": "Legacy BIOS", "uefi": "UEFI"}
+# ImportImage's BootMode has no dual value: a hybrid image is imported as Legacy BIOS, CVM's default.
+_BOOT = {"bios": "Legacy BIOS", "uefi": "UEFI", "hybrid": "Legacy BIOS"}
 # The manifest's distro -> the OsType vocabulary of DescribeImportImageOs.
 _OS = {"debian": "Debian", "ubuntu": "Ubuntu", "centos": "CentOS", "rhel": "Red Hat", "opensuse": "OpenSUSE",
        "sles": "SUSE", "coreos": "CoreOS", "freebsd": "FreeBSD", "tencentos": "TencentOS"}
@@ -82,9 +83,11 @@ class TencentDestination(S3Destination):
         os_type, os_version = self.os_type()
         tags = [{"Key": TAG, "Value": a.sha256}, *({"Key": k, "Value": v} for k, _, v in
                                                    (t.partition("=") for t in e.tags))]
-        return {"Architecture": architecture(self.spec.name, "tencent", a, _ARCH), "OsType": os_type,
+        arch = architecture(self.spec.name, "tencent", a, _ARCH)
+        return {"Architecture": arch, "OsType": os_type,
                 "OsVersion": os_version, "ImageUrl": self.image_url, "ImageName": name,
-                "ImageDescription": f"imgsmith {a.name} sha256 {a.sha256[:32]}", "BootMode": _BOOT[a.firmware],
+                "ImageDescription": f"imgsmith {a.name} sha256 {a.sha256[:32]}",
+                "BootMode": boot_mode(self.spec.name, "tencent", a, arch, _BOOT),
                 "TagSpecification": [{"ResourceType": "image", "Tags": tags}]}
 
     def _tagged(self) -> dict[str, Any]:
