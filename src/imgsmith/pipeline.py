@@ -384,9 +384,11 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     if facts is None:
         facts, backend = _cached_facts(store, the_plan)
     result.outputs = _write_outputs(the_plan, final, store=store, emit=emit, timings=timings,
-                                    patch=not options.no_cache)
+                                    patch=not options.no_cache, sharing=sharing)
     result.checks = _check_outputs(the_plan, result.outputs, final, emit=emit, timings=timings, enabled=options.check)
     refused = _refused(result)
+    if sharing is not None:
+        _push_outputs(sharing, the_plan, result.outputs, emit=emit, timings=timings)
     # The accelerator the appliance sessions used; none ran (chroot, or every layer cached or pulled): no
     # probe, which boots a test guest on a host that has not cached its verdict yet (a fresh CI runner).
     accel_name = accel.detect().name if result.launches else None
@@ -464,9 +466,21 @@ def _backend_reason(plan: BuildPlan) -> str:
         return exc.message
 
 
+def _push_outputs(sharing: Sharing, plan: BuildPlan, outputs: list[ConvertResult], *, emit: Sink,
+                  timings: dict[str, float]) -> None:
+    """The outputs worth sharing that were made here go up once they are judged and kept (sharing.py says which)."""
+    t = time.monotonic()
+    targets = {spec.name: spec.at(plan.output_dir) for spec in plan.definition.outputs}
+    pushed = sharing.push_outputs(plan, [(targets[r.path.name], r) for r in outputs if r.path.name in targets], emit)
+    if pushed:
+        timings["push_outputs"] = time.monotonic() - t
+        emit(Message(f"pushed {len(pushed)} output(s) to {sharing.remote.name}"))
+
+
 def _write_outputs(plan: BuildPlan, final: tuple[Path, str], *, store: LayerStore, emit: Sink,
-                   timings: dict[str, float], patch: bool) -> list[ConvertResult]:
-    """Every output in parallel; those the previous build made the same way are patched (rebuild.py)."""
+                   timings: dict[str, float], patch: bool, sharing: Sharing | None = None) -> list[ConvertResult]:
+    """Every output in parallel: pulled where the remote cache has it (sharing.py), else converted; those
+    the previous build made the same way are patched (rebuild.py)."""
     specs = plan.definition.outputs
     if not specs:
         return []
@@ -477,11 +491,15 @@ def _write_outputs(plan: BuildPlan, final: tuple[Path, str], *, store: LayerStor
     previous = read_manifest(out_dir) if patch and final[1] == "qcow2" else None
     started = StageStarted(StageKind.OUTPUTS, f"{len(targets)} in parallel -> {out_dir}")
     with _stage(emit, started, timings, "outputs"), _doing(f"writing outputs into {out_dir}"):
-        size = qemuimg.info(final[0], final[1]).virtual_size if previous else 0  # only a patch needs it
-        with patch_updates(out_dir, previous, store=store, keys=[x.key for x in plan.layers], final=final[0],
-                           virtual_size=size, targets=targets) as updates:
-            results = convert_many(final[0], targets, source_format=final[1], force=True, updates=updates,
-                                   progress=lambda p, pct: emit(Progress(p.target.path.name, pct)))
+        pulled = sharing.pull_outputs(plan, targets, emit) if sharing is not None else {}
+        rest = [t for t in targets if t.path not in pulled]
+        size = qemuimg.info(final[0], final[1]).virtual_size if previous and rest else 0  # only a patch needs it
+        with patch_updates(out_dir, previous if rest else None, store=store, keys=[x.key for x in plan.layers],
+                           final=final[0], virtual_size=size, targets=rest) as updates:
+            made = convert_many(final[0], rest, source_format=final[1], force=True, updates=updates,
+                                progress=lambda p, pct: emit(Progress(p.target.path.name, pct))) if rest else []
+    by_path = {r.path: r for r in made} | pulled
+    results = [by_path[t.path] for t in targets]
     for r in results:
         if r.patched_bytes is not None:
             emit(Message(f"{r.path.name}: patched the previous build's output ({format_size(r.patched_bytes)} "
