@@ -445,3 +445,29 @@ def test_a_signature_covers_every_field_and_names_its_key(tmp_path: Path) -> Non
     assert trusted.problem(foreign) == f"the entry is signed by key {foreign['signer']}, which this host does not trust"
     assert trusted.problem({"v": 1}) == "the entry is not signed"
     assert (private.stat().st_mode & 0o777) == 0o600
+
+
+def test_an_output_is_shared_when_converting_it_compresses_and_keyed_by_every_input_of_its_bytes(
+        tmp_path: Path) -> None:
+    from imgsmith.disk.convert import make_target
+    from imgsmith.sharing import output_entry_key, worth_sharing
+    shared = {"openstack": True, "aws": True, "vmware": True, "gcp": True, "azure": False, "kvm": False,
+              "hyperv": False, "virtualbox": False}
+    assert {p: worth_sharing(make_target(tmp_path / "x", preset=p)) for p in shared} == shared
+    assert not worth_sharing(make_target(tmp_path / "x.raw", fmt="raw"))
+    assert not worth_sharing(make_target(tmp_path / "x.vmdk", fmt="vmdk"))  # monolithicSparse: no compression
+    assert worth_sharing(make_target(tmp_path / "x.qcow2", fmt="qcow2", options={"compression": "zstd"}))
+    chain, tools = ["sha256:" + "1" * 64, "sha256:" + "2" * 64], {"converter": 1, "qemu-img": "qemu-img 7.2"}
+    aws = make_target(tmp_path / "a" / "x.vmdk", preset="aws")
+    key = output_entry_key(chain, aws, tools)
+    assert key == output_entry_key(chain, make_target(tmp_path / "b" / "x.vmdk", preset="aws"), tools)  # not the dir
+    others = [output_entry_key(chain[:1], aws, tools), output_entry_key(chain[::-1], aws, tools),
+              output_entry_key(chain, aws, {**tools, "qemu-img": "qemu-img 8.0"}),
+              output_entry_key(chain, aws, {**tools, "converter": 2}),
+              output_entry_key(chain, make_target(tmp_path / "x.vmdk", fmt="vmdk",
+                                                  options={"subformat": "streamOptimized"}), tools),
+              output_entry_key(chain, make_target(tmp_path / "x.vmdk", preset="aws", options={"hwversion": "13"}),
+                               tools),
+              output_entry_key(chain, make_target(tmp_path / "x.ova", preset="vmware"), tools),
+              output_entry_key(chain, make_target(tmp_path / "y.ova", preset="vmware"), tools)]  # the OVF names it
+    assert len({key, *others}) == len(others) + 1

@@ -16,8 +16,10 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,10 +29,10 @@ from .buildplan import BaseKey, BuildOptions, BuildPlan, PlannedLayer, plan_base
 from .cache.store import LayerStore
 from .definition import LoadedDefinition
 from .disk import qemuimg
-from .disk.convert import ConvertResult, convert_many
+from .disk.convert import ConvertResult, Plan, convert_many
 from .disk.sizes import format_size
 from .errors import HostIOError, ImgsmithError, ReadinessError, UsageError
-from .events import Message, Notice, Progress, Sink, StageFinished, StageKind, StageStarted, Warn, discard
+from .events import Event, Message, Notice, Progress, Sink, StageFinished, StageKind, StageStarted, Warn, discard
 from .guest.api import OSInfo
 from .guest.facts import installed_packages, kernels
 from .guest.session import open_guest
@@ -490,14 +492,30 @@ def _write_outputs(plan: BuildPlan, final: tuple[Path, str], *, store: LayerStor
     targets = [spec.at(out_dir) for spec in specs]
     previous = read_manifest(out_dir) if patch and final[1] == "qcow2" else None
     started = StageStarted(StageKind.OUTPUTS, f"{len(targets)} in parallel -> {out_dir}")
-    with _stage(emit, started, timings, "outputs"), _doing(f"writing outputs into {out_dir}"):
-        pulled = sharing.pull_outputs(plan, targets, emit) if sharing is not None else {}
-        rest = [t for t in targets if t.path not in pulled]
+    lock = threading.Lock()
+
+    def say(event: Event) -> None:  # from the conversions' and the downloads' threads
+        with lock:
+            emit(event)
+
+    def progress(p: Plan, pct: float) -> None:
+        say(Progress(p.target.path.name, pct))
+
+    with _stage(emit, started, timings, "outputs"), _doing(f"writing outputs into {out_dir}"), \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsmith-outputs") as pool:
+        # The outputs the remote has are downloaded while the others are converted.
+        wanted = sharing.output_entries(plan, targets, emit) if sharing is not None else []
+        pulling = pool.submit(sharing.pull_outputs, wanted, say) if sharing is not None and wanted else None
+        rest = [t for t in targets if t.path not in {x.path for x, _ in wanted}]
         size = qemuimg.info(final[0], final[1]).virtual_size if previous and rest else 0  # only a patch needs it
         with patch_updates(out_dir, previous if rest else None, store=store, keys=[x.key for x in plan.layers],
                            final=final[0], virtual_size=size, targets=rest) as updates:
             made = convert_many(final[0], rest, source_format=final[1], force=True, updates=updates,
-                                progress=lambda p, pct: emit(Progress(p.target.path.name, pct))) if rest else []
+                                progress=progress) if rest else []
+        pulled = pulling.result() if pulling is not None else {}
+        failed = [t for t, _ in wanted if t.path not in pulled]  # refused blobs: converted after all
+        if failed:
+            made += convert_many(final[0], failed, source_format=final[1], force=True, progress=progress)
     by_path = {r.path: r for r in made} | pulled
     results = [by_path[t.path] for t in targets]
     for r in results:

@@ -31,7 +31,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from .events import Event, Message, Progress, Sink, Warn
 from .host.files import atomic_write, fsync_dir, fsync_file, partial_dir, sha256_file, write_sha256_file
 from .source.checksum import Checksum, file_digest
 
-__all__ = ["Sharing", "carries_secret", "output_entry_key", "trusted_digest", "worth_sharing"]
+__all__ = ["Sharing", "carries_secret", "output_entry_key", "output_tools", "trusted_digest", "worth_sharing"]
 
 OUTPUT_KEY_VERSION = 1
 
@@ -68,7 +68,12 @@ def worth_sharing(target: Target) -> bool:
     return target.format.name == "vmdk" and target.options.get("subformat") == "streamOptimized"
 
 
-def output_entry_key(chain: Sequence[str], target: Target) -> str:
+def output_tools() -> dict[str, Any]:
+    """What writes an output's bytes, for :func:`output_entry_key`: imgsmith's converter and qemu-img."""
+    return {"converter": OUTPUT_BYTES_VERSION, "qemu-img": qemuimg.version()}
+
+
+def output_entry_key(chain: Sequence[str], target: Target, tools: Mapping[str, Any] | None = None) -> str:
     """The remote key of one output: what its bytes follow from, and nothing else.
 
     *chain* is the blob digest of every layer under it, base first (each layer's remote
@@ -82,7 +87,7 @@ def output_entry_key(chain: Sequence[str], target: Target) -> str:
            "options": dict(sorted(target.options.items())),
            "preset": target.preset.name if target.preset else None, "layout": target.layout.value,
            "name": target.path.name if target.layout is Layout.OVA else None,
-           "converter": OUTPUT_BYTES_VERSION, "qemu-img": qemuimg.version()}
+           "tools": dict(tools if tools is not None else output_tools())}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(f"imgsmith-output-v1\0{text}".encode()).hexdigest()
 
@@ -462,38 +467,41 @@ class Sharing:
 
     # outputs
 
-    def pull_outputs(self, plan: BuildPlan, targets: Sequence[Target], emit: Sink) -> dict[Path, ConvertResult]:
-        """The outputs the remote holds for this chain, downloaded in parallel (each checked); by target path.
+    def output_entries(self, plan: BuildPlan, targets: Sequence[Target], emit: Sink
+                       ) -> list[tuple[Target, RemoteEntry]]:
+        """The targets the remote holds for this chain's bytes, with their entries (signature checked).
 
-        Each download is a Progress row labelled with the output's name (as its conversion
-        would be), lands in a hidden work directory beside the destination, is checked
-        against its entry's sha256 and renamed into place with its ``.sha256`` file only
-        then. An output whose entry is refused, or whose blob is not its entry's, is one
-        Warn and is converted instead.
+        A refused entry is one Warn (the output is converted). Lookups only: the pipeline
+        starts these downloads and the other outputs' conversions at once.
         """
         chain = self._chain(plan)
         if chain is None:
-            return {}
-        todo: list[tuple[Target, RemoteEntry]] = []
+            return []
+        found: list[tuple[Target, RemoteEntry]] = []
         for target in targets:
             if not worth_sharing(target):
                 continue
             entry, why = self._lookup(output_entry_key(chain, target))
             if entry is not None:
-                todo.append((target, entry))
+                found.append((target, entry))
             elif why:
                 emit(Warn(f"output {target.path.name}: the remote copy is refused: {why}; converting it"))
-        if not todo:
+        return found
+
+    def pull_outputs(self, wanted: Sequence[tuple[Target, RemoteEntry]], emit: Sink) -> dict[Path, ConvertResult]:
+        """Download *wanted* (:meth:`output_entries`) in parallel, each checked; the results by target path.
+
+        Each download is a Progress row labelled with the output's name (as its conversion
+        would be), lands in a hidden work directory beside the destination, is checked
+        against its entry's sha256 and renamed into place with its ``.sha256`` file only
+        then. An output whose blob is not its entry's is one Warn, and is left out (the
+        pipeline converts it). *emit* must be safe to call from several threads.
+        """
+        if not wanted:
             return {}
-        lock = threading.Lock()
-
-        def locked(event: Event) -> None:  # the sink is called from the pool's threads
-            with lock:
-                emit(event)
-
-        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo))),
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(wanted))),
                                 thread_name_prefix="imgsmith-pull") as pool:
-            done = list(pool.map(lambda x: self._pull_output(x[0], x[1], locked), todo))
+            done = list(pool.map(lambda x: self._pull_output(x[0], x[1], emit), wanted))
         return {r.path: r for r in done if r is not None}
 
     def _pull_output(self, target: Target, entry: RemoteEntry, emit: Sink) -> ConvertResult | None:

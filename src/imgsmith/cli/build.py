@@ -167,7 +167,8 @@ def _output_summary(r: ConvertResult) -> str:
     from ..disk.sizes import format_size
     kind = f"{r.format} ({r.preset})" if r.preset else r.format
     patched = f"  (patched: {format_size(r.patched_bytes)} changed)" if r.patched_bytes is not None else ""
-    return f"{kind}  {format_size(r.file_size)}{patched}"
+    pulled = "  (pulled from the remote cache)" if r.pulled_from is not None else ""
+    return f"{kind}  {format_size(r.file_size)}{patched}{pulled}"
 
 
 class _PlainEvents:
@@ -275,7 +276,7 @@ def _print_result(loaded: LoadedDefinition, result: BuildResult, seconds: float)
         print(f"{loaded.definition.name}: up to date ({result.plan.output_dir})")
         return
     for r in result.outputs:
-        patched = "  (patched)" if r.patched_bytes is not None else ""
+        patched = {"patched": "  (patched)", "pulled": "  (pulled)"}.get(r.made, "")
         print(f"{r.path}  {r.format}  {r.file_size:,} bytes  sha256:{r.sha256[:16]}…{patched}")
     if result.boot is not None:
         print(f"boot test: passed ({len(result.boot.get('checks', []))} check(s))")
