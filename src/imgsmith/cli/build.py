@@ -227,12 +227,13 @@ def _json_result(loaded: LoadedDefinition, result: BuildResult, args: argparse.N
                     "source": x.source or ("local" if x.cached else "build"), "share": x.share}
                    for x in result.plan.layers],
         "dropped_sysprep": [n for n, _ in result.plan.dropped_sysprep],
-        "base_source": result.plan.base_source,
-        "planned_outputs": [{"name": o.name, "source": o.source, "key": o.key, "share": o.share}
-                            for o in result.plan.outputs],
         "outputs": [r.to_json() for r in result.outputs], "manifest": str(result.manifest or ""),
         "launches": result.launches, "sessions": result.sessions, "backend": result.backend,
         "seconds": round(seconds, 2), "boot_test": result.boot, "checks": result.checks,
+        # with a remote cache (sharing.py): where the base image and each output come from
+        "base_source": result.plan.base_source,
+        "planned_outputs": [{"name": o.name, "source": o.source, "key": o.key, "share": o.share}
+                            for o in result.plan.outputs],
     }
 
 
