@@ -101,6 +101,9 @@ def test_a_downloaded_base_image_is_shared_so_host_b_does_not_download_it(
     listed = json.loads(r.stdout)["layers"]
     bases = [x for x in listed if x["kind"] == "base"]
     assert len(listed) == 5 and len(bases) == 1 and bases[0]["base"] == checksum, listed  # 3 layers, the VMDK
+    plan = b.run("build", "url.yaml", "-o", str(b.root / "out"), "--dry-run", "--trust-image")
+    assert plan.returncode == 0 and "  base image: remote: will be pulled from the remote cache" in \
+        plan.stdout.splitlines(), plan.stdout + plan.stderr
     warm, stderr = b.build("out", definition="url.yaml")
     assert warm["sessions"] == 0 and not _warnings(stderr), stderr
     assert _outputs(warm) == _outputs(cold)
