@@ -415,7 +415,8 @@ def test_cli_json_result_keeps_its_keys_and_never_imports_rich(served: Path, tmp
     assert report == {"rc": 0, "rich": []}, stderr
     data = json.loads(stdout)
     assert list(data) == ["name", "nothing_to_do", "dry_run", "output_dir", "layers", "dropped_sysprep", "outputs",
-                          "manifest", "launches", "sessions", "backend", "seconds", "boot_test", "checks"]
+                          "manifest", "launches", "sessions", "backend", "seconds", "boot_test", "checks",
+                          "base_source", "planned_outputs"]
     assert [o["format"] for o in data["outputs"]] == ["qcow2", "vmdk"]
     assert stderr == ""
 

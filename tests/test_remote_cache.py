@@ -44,6 +44,8 @@ layers:
 outputs:
   - format: raw
   - format: qcow2
+  - format: vmdk
+    options: {{subformat: streamOptimized}}
 """
 
 
@@ -232,20 +234,54 @@ def farm(request: pytest.FixtureRequest, project: Path, tmp_path: Path) -> tuple
     return a, b, url, kind
 
 
+VMDK = "farm-streamOptimized.vmdk"  # the one output worth sharing (sharing.worth_sharing)
+
+
+def _made(result: dict[str, Any]) -> dict[str, str]:
+    """How each output came to be (the manifest's record): converted, patched or pulled."""
+    return {Path(o["path"]).name: o["made"] for o in result["outputs"]}
+
+
 @pytest.mark.guest
 @ROOT_ONLY
-def test_host_b_builds_from_host_a_s_pushes_with_no_session(farm: tuple[Host, Host, str, str]) -> None:
-    a, b, _, _ = farm
+def test_host_b_builds_from_host_a_s_pushes_with_no_session(farm: tuple[Host, Host, str, str],
+                                                            tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    a, b, url, kind = farm
     cold, _ = a.build("out")
     assert cold["sessions"] == 3 and [x["share"] for x in cold["layers"]] == ["push"] * 3
+    assert _made(cold) == {"farm.raw": "converted", "farm.qcow2": "converted", VMDK: "converted"}
     r = b.run("build", "farm.yaml", "-o", str(b.root / "out"), "--dry-run", "--trust-image")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("remote: will be pulled from the remote cache") == 3, r.stdout
+    assert r.stdout.count("remote: will be pulled from the remote cache") == 4, r.stdout  # 3 layers, the VMDK
+    assert "  base image: local\n" in r.stdout, r.stdout
+    assert f"  output: {VMDK} (vmdk) — remote: will be pulled from the remote cache [" in r.stdout, r.stdout
+    assert "  output: farm.raw (raw) — convert (not shared: converting it costs less than sending it)" in r.stdout
     warm, stderr = b.build("out")
     assert warm["sessions"] == 0, stderr
     assert [x["source"] for x in warm["layers"]] == ["remote"] * 3
-    assert _outputs(warm) == _outputs(cold)  # byte-identical outputs
+    # byte-identical outputs; the streamOptimized VMDK (whose CID differs between any two conversions) pulled
+    assert _outputs(warm) == _outputs(cold)
+    assert _made(warm) == {"farm.raw": "converted", "farm.qcow2": "converted", VMDK: "pulled"}
+    manifest = json.loads((b.root / "out" / "manifest.json").read_text())
+    assert [o["pulled_from"] for o in manifest["outputs"]] == [None, None, url]
     assert not _warnings(stderr)
+    # the output's blob poisoned: refused in one line, converted instead (same guest content)
+    from imgsmith.cache.backends import open_backend
+    from imgsmith.cache.config import parse_remote_url
+    os.environ.update(S3_ENV)
+    listed = json.loads(a.run("cache", "ls", "--remote", "--json").stdout)["layers"]
+    assert len(listed) == 4 and [x["output"] for x in listed if x["kind"] == "output"] == [VMDK], listed
+    vmdk = next(x for x in listed if x["kind"] == "output")
+    evil = tmp_path / "evil.vmdk"
+    evil.write_bytes(os.urandom(65536))
+    _replace_blob(open_backend(parse_remote_url(url)), vmdk["blob"], evil,
+                  request.getfixturevalue("registry")[1] if kind == "oci" else None)
+    third, stderr = b.build("out3")
+    assert third["sessions"] == 0 and _made(third)[VMDK] == "converted"
+    assert _warnings(stderr) == [f"imgsmith: warning: output {VMDK}: the remote copy is refused: its blob's sha256 "
+                                 f"is {sha256_file(evil)[:16]}… instead of {vmdk['blob'][7:23]}…; converting it"]
+    assert subprocess.run(["qemu-img", "compare", "-q", "-f", "vmdk", "-F", "vmdk", str(b.root / "out3" / VMDK),
+                           str(a.root / "out" / VMDK)], check=False).returncode == 0
     # B's pulled layers are verified and intact locally, with the local parent as backing file
     r = b.run("cache", "verify")
     assert r.returncode == 0 and r.stdout.startswith("3 of 3 layer(s) intact"), r.stdout
@@ -256,12 +292,17 @@ def test_host_b_builds_from_host_a_s_pushes_with_no_session(farm: tuple[Host, Ho
     assert [x["source"] for x in changed["layers"]] == ["local", "local", "build"]
     assert read_files(b.root / "out2" / "farm.raw", ["/etc/last-step", "/etc/motd"], fmt="raw") == {
         "/etc/last-step": b"two", "/etc/motd": b"hello from the farm"}
+    assert _made(changed)[VMDK] == "converted"  # a new chain: nothing to pull, and it is pushed
     r = a.run("cache", "ls", "--remote", "--json")
     assert r.returncode == 0, r.stderr
     listed = json.loads(r.stdout)["layers"]
-    assert len(listed) == 4 and all(x["refused"] is None for x in listed)
+    assert len(listed) == 6 and all(x["refused"] is None for x in listed)  # 4 layers, 2 VMDKs
+    assert sorted(x["kind"] for x in listed) == ["layer"] * 4 + ["output"] * 2
+    r = a.run("cache", "ls", "--remote")
+    assert "6 entries (4 layers, 2 outputs) in" in r.stdout and f"farm  output {VMDK} (vmdk)" in r.stdout, r.stdout
     r = a.run("cache", "verify", "--remote")
-    assert r.returncode == 0 and "4 of 4 remote entries verified" in r.stdout, r.stdout
+    # the poisoned VMDK is caught by verify; the push after out3 found its entry there and did not replace it
+    assert r.returncode == 1 and "5 of 6 remote entries verified" in r.stdout, r.stdout
 
 
 @pytest.mark.guest
@@ -335,11 +376,14 @@ def test_a_secret_bearing_layer_and_those_on_it_are_never_pushed(farm: tuple[Hos
     r = a.run("build", "secret.yaml", "-o", str(a.root / "s"), "--dry-run", "--trust-image")
     assert "(not pushed: it carries a secret (put secrets in the last layer))" in r.stdout, r.stdout
     assert "(not pushed: it is built on a layer that carries a secret)" in r.stdout, r.stdout
+    assert f"  output: {VMDK} (vmdk) — convert (not pushed: it is built on a layer that carries a secret)" in r.stdout
     result, _ = a.build("s", definition="secret.yaml")
     keys = [str(x["key"]) for x in result["layers"]]
     r = a.run("cache", "ls", "--remote", "--json")
-    on_remote = {x["key"] for x in json.loads(r.stdout)["layers"]}
+    listed = json.loads(r.stdout)["layers"]
+    on_remote = {x["key"] for x in listed}
     assert keys[0] in on_remote and keys[1] not in on_remote and keys[2] not in on_remote, (keys, on_remote)
+    assert [x["kind"] for x in listed] == ["layer"], listed  # nor the outputs made on the secret
 
 
 @pytest.mark.guest
@@ -401,3 +445,29 @@ def test_a_signature_covers_every_field_and_names_its_key(tmp_path: Path) -> Non
     assert trusted.problem(foreign) == f"the entry is signed by key {foreign['signer']}, which this host does not trust"
     assert trusted.problem({"v": 1}) == "the entry is not signed"
     assert (private.stat().st_mode & 0o777) == 0o600
+
+
+def test_an_output_is_shared_when_converting_it_compresses_and_keyed_by_every_input_of_its_bytes(
+        tmp_path: Path) -> None:
+    from imgsmith.disk.convert import make_target
+    from imgsmith.sharing import output_entry_key, worth_sharing
+    shared = {"openstack": True, "aws": True, "vmware": True, "gcp": True, "azure": False, "kvm": False,
+              "hyperv": False, "virtualbox": False}
+    assert {p: worth_sharing(make_target(tmp_path / "x", preset=p)) for p in shared} == shared
+    assert not worth_sharing(make_target(tmp_path / "x.raw", fmt="raw"))
+    assert not worth_sharing(make_target(tmp_path / "x.vmdk", fmt="vmdk"))  # monolithicSparse: no compression
+    assert worth_sharing(make_target(tmp_path / "x.qcow2", fmt="qcow2", options={"compression": "zstd"}))
+    chain, tools = ["sha256:" + "1" * 64, "sha256:" + "2" * 64], {"converter": 1, "qemu-img": "qemu-img 7.2"}
+    aws = make_target(tmp_path / "a" / "x.vmdk", preset="aws")
+    key = output_entry_key(chain, aws, tools)
+    assert key == output_entry_key(chain, make_target(tmp_path / "b" / "x.vmdk", preset="aws"), tools)  # not the dir
+    others = [output_entry_key(chain[:1], aws, tools), output_entry_key(chain[::-1], aws, tools),
+              output_entry_key(chain, aws, {**tools, "qemu-img": "qemu-img 8.0"}),
+              output_entry_key(chain, aws, {**tools, "converter": 2}),
+              output_entry_key(chain, make_target(tmp_path / "x.vmdk", fmt="vmdk",
+                                                  options={"subformat": "streamOptimized"}), tools),
+              output_entry_key(chain, make_target(tmp_path / "x.vmdk", preset="aws", options={"hwversion": "13"}),
+                               tools),
+              output_entry_key(chain, make_target(tmp_path / "x.ova", preset="vmware"), tools),
+              output_entry_key(chain, make_target(tmp_path / "y.ova", preset="vmware"), tools)]  # the OVF names it
+    assert len({key, *others}) == len(others) + 1

@@ -29,9 +29,11 @@ from test_remote_cache import (  # noqa: F401 - fixtures used by name
     IMGSMITH,
     ROOT_ONLY,
     S3_ENV,
+    VMDK,
     Host,
     _bucket,
     _keys,
+    _made,
     _outputs,
     _warnings,
     farm,
@@ -98,7 +100,10 @@ def test_a_downloaded_base_image_is_shared_so_host_b_does_not_download_it(
     r = a.run("cache", "ls", "--remote", "--json")
     listed = json.loads(r.stdout)["layers"]
     bases = [x for x in listed if x["kind"] == "base"]
-    assert len(listed) == 4 and len(bases) == 1 and bases[0]["base"] == checksum, listed
+    assert len(listed) == 5 and len(bases) == 1 and bases[0]["base"] == checksum, listed  # 3 layers, the VMDK
+    plan = b.run("build", "url.yaml", "-o", str(b.root / "out"), "--dry-run", "--trust-image")
+    assert plan.returncode == 0 and "  base image: remote: will be pulled from the remote cache" in \
+        plan.stdout.splitlines(), plan.stdout + plan.stderr
     warm, stderr = b.build("out", definition="url.yaml")
     assert warm["sessions"] == 0 and not _warnings(stderr), stderr
     assert _outputs(warm) == _outputs(cold)
@@ -272,9 +277,9 @@ def test_a_push_killed_mid_upload_leaves_no_entry_and_the_next_push_completes(
     again, _ = a.build("out")
     assert again["sessions"] == 0
     assert not list(a.layers().glob(".push-*"))  # the killed push's copy is swept
-    assert len(json.loads(b.run("cache", "ls", "--remote", "--json").stdout)["layers"]) == 3
+    assert len(json.loads(b.run("cache", "ls", "--remote", "--json").stdout)["layers"]) == 4  # and the VMDK
     r = b.run("cache", "verify", "--remote")
-    assert r.returncode == 0 and "3 of 3 remote entries verified" in r.stdout, r.stdout
+    assert r.returncode == 0 and "4 of 4 remote entries verified" in r.stdout, r.stdout
     warm, _ = b.build("out")
     assert warm["sessions"] == 0
 
@@ -309,13 +314,13 @@ def test_without_a_signing_key_entries_go_up_unsigned_and_readers_refuse_them_un
         "(pushed unsigned: no signing-key is configured (readers need --cache-trust-unsigned))") == 0, r.stdout
     r = u.run("build", "farm.yaml", "-o", str(u.root / "out"), "--dry-run", "--trust-image", "--cache-push")
     assert r.stdout.count("(pushed unsigned: no signing-key is configured (readers need --cache-trust-unsigned))"
-                          ) == 3, r.stdout
+                          ) == 4, r.stdout  # 3 layers and the VMDK
     cold, stderr = u.build("out", "--cache-push")
     assert [line for line in stderr.splitlines() if "unsigned" in line] == [
         f"imgsmith: warning: pushing unsigned entries to {url}: no signing-key is configured; other hosts use them "
         "only with --cache-trust-unsigned"]
     listed = json.loads(u.run("cache", "ls", "--remote", "--json", "--cache-trust-unsigned").stdout)["layers"]
-    assert len(listed) == 3 and all(x["signer"] is None for x in listed), listed
+    assert len(listed) == 4 and all(x["signer"] is None for x in listed), listed
     # a host that trusts the team's key refuses them, in one line, and builds
     b = Host(tmp_path / "host-b", project, url, signing=None, trusted=[public])
     warm, stderr = b.build("out")
@@ -327,7 +332,7 @@ def test_without_a_signing_key_entries_go_up_unsigned_and_readers_refuse_them_un
     c = Host(tmp_path / "host-c", project, url, signing=None, trusted=[public])
     trusting, stderr = c.build("out", "--cache-trust-unsigned")
     assert trusting["sessions"] == 0 and not _warnings(stderr)
-    assert _outputs(trusting) == _outputs(cold)
+    assert _outputs(trusting) == _outputs(cold) and _made(trusting)[VMDK] == "pulled"
 
 
 # --- pull-only against no-push; pruning the remote -----------------------------------------------
@@ -394,7 +399,7 @@ def test_pull_only_writes_nothing_no_push_records_use_and_prune_goes_by_use_and_
     assert f"layers/blobs/sha256/{third['blob'][7:]}" in left
     r = a.run("cache", "prune", "--remote", "--all")
     assert r.returncode == 0 and r.stdout.splitlines()[-1] == (
-        f"removed 2 remote entries and 3 unreferenced blobs from {url}"), r.stdout
+        f"removed 3 remote entries and 4 unreferenced blobs from {url}"), r.stdout  # layers 1-2, the VMDK
     assert _objects(s3, bucket) == {}
 
 
@@ -424,7 +429,7 @@ def test_hosts_with_the_team_s_shared_key_share_a_secret_layer_and_others_do_not
     cold, _ = a.build("s", definition="secret.yaml")
     keys = [str(x["key"]) for x in cold["layers"]]
     entries = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="layers/entries/")["Contents"]}
-    assert entries == {f"layers/entries/{k}.json" for k in keys}
+    assert len(entries) == 4 and entries > {f"layers/entries/{k}.json" for k in keys}  # and the VMDK on them
     for key in keys:  # the secret is in no entry in the clear (its token holds the keyed hash only)
         doc = s3.get_object(Bucket=bucket, Key=f"layers/entries/{key}.json")["Body"].read()
         assert b"s3cret" not in doc
@@ -433,7 +438,7 @@ def test_hosts_with_the_team_s_shared_key_share_a_secret_layer_and_others_do_not
     # host B holds the same key: same layer keys, all pulled, the same bytes, the password set
     warm, _ = b.build("s", definition="secret.yaml")
     assert warm["sessions"] == 0 and [str(x["key"]) for x in warm["layers"]] == keys
-    assert _outputs(warm) == _outputs(cold)
+    assert _outputs(warm) == _outputs(cold) and _made(warm)[VMDK] == "pulled"
     shadow = read_files(b.root / "s" / "farm.raw", ["/etc/shadow"], fmt="raw")["/etc/shadow"] or b""
     assert shadow.startswith(b"root:$"), shadow[:20]
     # host C has no key: its secret layer has a key of its own, is built here, and is not pushed

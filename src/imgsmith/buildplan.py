@@ -26,7 +26,8 @@ from .guest.session import SessionOptions
 from .host.files import atomic_write, hash_into
 from .ops.base import Operation
 
-__all__ = ["BaseKey", "BuildOptions", "BuildPlan", "PlannedLayer", "digest_host_path", "plan_base", "plan_build"]
+__all__ = ["BaseKey", "BuildOptions", "BuildPlan", "PlannedLayer", "PlannedOutput", "digest_host_path", "plan_base",
+           "plan_build"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,17 @@ class PlannedLayer:
 
 
 @dataclass
+class PlannedOutput:
+    """One output as a remote cache sees it (set by sharing.py; without a remote cache every output converts)."""
+
+    name: str
+    label: str
+    source: str = "convert"  # "remote": pulled from the remote cache; "convert": written here
+    key: str | None = None  # its remote key, when its layers' bytes are known and it is worth sharing
+    share: str | None = None  # "push", or why it is not pushed
+
+
+@dataclass
 class BuildPlan:
     definition: LoadedDefinition
     base: BaseKey
@@ -79,6 +91,8 @@ class BuildPlan:
     output_dir: Path
     session: SessionOptions = field(default_factory=SessionOptions)
     up_to_date: bool = False
+    base_source: str | None = None  # with a remote cache: "local", "remote" (pulled) or "fetch" (sharing.py)
+    outputs: list[PlannedOutput] = field(default_factory=list)  # with a remote cache (sharing.py)
 
     @property
     def base_key(self) -> str:

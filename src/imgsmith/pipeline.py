@@ -16,8 +16,10 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,10 +29,10 @@ from .buildplan import BaseKey, BuildOptions, BuildPlan, PlannedLayer, plan_base
 from .cache.store import LayerStore
 from .definition import LoadedDefinition
 from .disk import qemuimg
-from .disk.convert import ConvertResult, convert_many
+from .disk.convert import ConvertResult, Plan, convert_many
 from .disk.sizes import format_size
 from .errors import HostIOError, ImgsmithError, ReadinessError, UsageError
-from .events import Message, Notice, Progress, Sink, StageFinished, StageKind, StageStarted, Warn, discard
+from .events import Event, Message, Notice, Progress, Sink, StageFinished, StageKind, StageStarted, Warn, discard
 from .guest.api import OSInfo
 from .guest.facts import installed_packages, kernels
 from .guest.session import open_guest
@@ -384,9 +386,11 @@ def build(loaded: LoadedDefinition, options: BuildOptions = BuildOptions(), emit
     if facts is None:
         facts, backend = _cached_facts(store, the_plan)
     result.outputs = _write_outputs(the_plan, final, store=store, emit=emit, timings=timings,
-                                    patch=not options.no_cache)
+                                    patch=not options.no_cache, sharing=sharing)
     result.checks = _check_outputs(the_plan, result.outputs, final, emit=emit, timings=timings, enabled=options.check)
     refused = _refused(result)
+    if sharing is not None:
+        _push_outputs(sharing, the_plan, result.outputs, emit=emit, timings=timings)
     # The accelerator the appliance sessions used; none ran (chroot, or every layer cached or pulled): no
     # probe, which boots a test guest on a host that has not cached its verdict yet (a fresh CI runner).
     accel_name = accel.detect().name if result.launches else None
@@ -464,9 +468,21 @@ def _backend_reason(plan: BuildPlan) -> str:
         return exc.message
 
 
+def _push_outputs(sharing: Sharing, plan: BuildPlan, outputs: list[ConvertResult], *, emit: Sink,
+                  timings: dict[str, float]) -> None:
+    """The outputs worth sharing that were made here go up once they are judged and kept (sharing.py says which)."""
+    t = time.monotonic()
+    targets = {spec.name: spec.at(plan.output_dir) for spec in plan.definition.outputs}
+    pushed = sharing.push_outputs(plan, [(targets[r.path.name], r) for r in outputs if r.path.name in targets], emit)
+    if pushed:
+        timings["push_outputs"] = time.monotonic() - t
+        emit(Message(f"pushed {len(pushed)} output(s) to {sharing.remote.name}"))
+
+
 def _write_outputs(plan: BuildPlan, final: tuple[Path, str], *, store: LayerStore, emit: Sink,
-                   timings: dict[str, float], patch: bool) -> list[ConvertResult]:
-    """Every output in parallel; those the previous build made the same way are patched (rebuild.py)."""
+                   timings: dict[str, float], patch: bool, sharing: Sharing | None = None) -> list[ConvertResult]:
+    """Every output in parallel: pulled where the remote cache has it (sharing.py), else converted; those
+    the previous build made the same way are patched (rebuild.py)."""
     specs = plan.definition.outputs
     if not specs:
         return []
@@ -476,12 +492,32 @@ def _write_outputs(plan: BuildPlan, final: tuple[Path, str], *, store: LayerStor
     targets = [spec.at(out_dir) for spec in specs]
     previous = read_manifest(out_dir) if patch and final[1] == "qcow2" else None
     started = StageStarted(StageKind.OUTPUTS, f"{len(targets)} in parallel -> {out_dir}")
-    with _stage(emit, started, timings, "outputs"), _doing(f"writing outputs into {out_dir}"):
-        size = qemuimg.info(final[0], final[1]).virtual_size if previous else 0  # only a patch needs it
-        with patch_updates(out_dir, previous, store=store, keys=[x.key for x in plan.layers], final=final[0],
-                           virtual_size=size, targets=targets) as updates:
-            results = convert_many(final[0], targets, source_format=final[1], force=True, updates=updates,
-                                   progress=lambda p, pct: emit(Progress(p.target.path.name, pct)))
+    lock = threading.Lock()
+
+    def say(event: Event) -> None:  # from the conversions' and the downloads' threads
+        with lock:
+            emit(event)
+
+    def progress(p: Plan, pct: float) -> None:
+        say(Progress(p.target.path.name, pct))
+
+    with _stage(emit, started, timings, "outputs"), _doing(f"writing outputs into {out_dir}"), \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgsmith-outputs") as pool:
+        # The outputs the remote has are downloaded while the others are converted.
+        wanted = sharing.output_entries(plan, targets, emit) if sharing is not None else []
+        pulling = pool.submit(sharing.pull_outputs, wanted, say) if sharing is not None and wanted else None
+        rest = [t for t in targets if t.path not in {x.path for x, _ in wanted}]
+        size = qemuimg.info(final[0], final[1]).virtual_size if previous and rest else 0  # only a patch needs it
+        with patch_updates(out_dir, previous if rest else None, store=store, keys=[x.key for x in plan.layers],
+                           final=final[0], virtual_size=size, targets=rest) as updates:
+            made = convert_many(final[0], rest, source_format=final[1], force=True, updates=updates,
+                                progress=progress) if rest else []
+        pulled = pulling.result() if pulling is not None else {}
+        failed = [t for t, _ in wanted if t.path not in pulled]  # refused blobs: converted after all
+        if failed:
+            made += convert_many(final[0], failed, source_format=final[1], force=True, progress=progress)
+    by_path = {r.path: r for r in made} | pulled
+    results = [by_path[t.path] for t in targets]
     for r in results:
         if r.patched_bytes is not None:
             emit(Message(f"{r.path.name}: patched the previous build's output ({format_size(r.patched_bytes)} "

@@ -14,28 +14,82 @@ HTTP clients cost a start that needs neither):
   checksum or bootstrap recipe (:func:`~imgsmith.cache.remote.base_entry_key`), pulled
   before a download or a bootstrap is started, pushed after one.
 
+- :meth:`Sharing.pull_outputs` / :meth:`Sharing.push_outputs` — the outputs whose conversion
+  is CPU-bound (compressed qcow2, streamOptimized VMDK, OVA, GCP's tar.gz:
+  :func:`worth_sharing`), keyed by the chain's layer blobs and the output's whole spec
+  (:func:`output_entry_key`): downloaded in parallel instead of converted, pushed after.
+
 :meth:`Sharing.annotate` decides the same before any work, for the plan: per layer
-``local``, ``remote`` or ``build``, and whether it will be pushed.
+``local``, ``remote`` or ``build``, and whether it will be pushed; for the base image
+``local``, ``remote`` or ``fetch``; per output ``remote`` or ``convert``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .buildplan import BaseKey, BuildPlan, PlannedLayer
+from .buildplan import BaseKey, BuildPlan, PlannedLayer, PlannedOutput
 from .cache.remote import RemoteCache, RemoteEntry, RemoteError, base_entry_key
 from .cache.store import PULL_PREFIX, PUSH_PREFIX, LayerStore
+from .disk import qemuimg
+from .disk.convert import OUTPUT_BYTES_VERSION, ConvertResult, Target
+from .disk.presets import Layout
 from .events import Event, Message, Progress, Sink, Warn
-from .host.files import atomic_write, sha256_file
+from .host.files import atomic_write, fsync_dir, fsync_file, partial_dir, sha256_file, write_sha256_file
 from .source.checksum import Checksum, file_digest
 
-__all__ = ["Sharing", "carries_secret", "trusted_digest"]
+__all__ = ["Sharing", "carries_secret", "output_entry_key", "output_tools", "trusted_digest", "worth_sharing"]
+
+OUTPUT_KEY_VERSION = 1
+
+
+def worth_sharing(target: Target) -> bool:
+    """True for outputs whose conversion is CPU-bound, so that downloading one beats making it.
+
+    Compression is what costs: qcow2 with ``compression`` (zlib/zstd of every cluster),
+    streamOptimized VMDK (deflate, single-threaded), an OVA (a streamOptimized VMDK inside)
+    and GCP's tar.gz (gzip). Raw, fixed VHD, plain qcow2, VHDX and VDI are written at disk
+    speed from the final layer, while their files are as large as the data (raw and fixed
+    VHD: the whole virtual size, sparse): sending them would cost more than making them
+    (docs/decisions.md, "Outputs through the remote cache", has the figures).
+    """
+    if target.layout is not Layout.PLAIN:
+        return True
+    if target.format.name == "qcow2":
+        return target.options.get("compression", "off") != "off"
+    return target.format.name == "vmdk" and target.options.get("subformat") == "streamOptimized"
+
+
+def output_tools() -> dict[str, Any]:
+    """What writes an output's bytes, for :func:`output_entry_key`: imgsmith's converter and qemu-img."""
+    return {"converter": OUTPUT_BYTES_VERSION, "qemu-img": qemuimg.version()}
+
+
+def output_entry_key(chain: Sequence[str], target: Target, tools: Mapping[str, Any] | None = None) -> str:
+    """The remote key of one output: what its bytes follow from, and nothing else.
+
+    *chain* is the blob digest of every layer under it, base first (each layer's remote
+    entry names its parent's bytes, and layer 1's the base image's sha256). The spec is the
+    format, its resolved options, the preset (its rules set the virtual size) and layout,
+    the file name where it is written into the file (an OVA's descriptor and disk), and
+    what writes the bytes: imgsmith's converter version and qemu-img's version. The output
+    directory is not in it: two hosts write into different ones.
+    """
+    doc = {"v": OUTPUT_KEY_VERSION, "chain": list(chain), "format": target.format.name,
+           "options": dict(sorted(target.options.items())),
+           "preset": target.preset.name if target.preset else None, "layout": target.layout.value,
+           "name": target.path.name if target.layout is Layout.OVA else None,
+           "tools": dict(tools if tools is not None else output_tools())}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"imgsmith-output-v1\0{text}".encode()).hexdigest()
 
 
 def carries_secret(token: object) -> bool:
@@ -115,6 +169,75 @@ class Sharing:
                 parent_blob = str(meta["blob"]) if meta and meta.get("blob") else None
             layer.share = self._share_note(layer, secret_below)
             secret_below = secret_below or carries_secret(layer.token)
+        plan.base_source = self._base_source(plan)
+        plan.outputs = self._plan_outputs(plan)
+
+    def _base_source(self, plan: BuildPlan) -> str:
+        """``local`` (a file, or cached here), ``remote`` (another host pushed it) or ``fetch``."""
+        from .source.base import cached_download
+        src = plan.definition.definition.source
+        if src.file is not None:
+            return "local"
+        if plan.base.key.startswith("bootstrap:"):
+            here = (self.cache / "bootstrap" / f"{plan.base.key.removeprefix('bootstrap:')}.qcow2").is_file()
+        else:
+            here = cached_download(self.cache, plan.base.key) is not None
+        if here:
+            return "local"
+        entry, _ = self._lookup(base_entry_key(plan.base.key))
+        return "remote" if entry is not None else "fetch"
+
+    def _plan_outputs(self, plan: BuildPlan) -> list[PlannedOutput]:
+        """Per output: ``remote`` when its entry is there for the chain's bytes, else ``convert``; and its push."""
+        chain = self._chain(plan, planned=True)
+        note = self._output_note(plan)
+        out: list[PlannedOutput] = []
+        for spec in plan.definition.outputs:
+            planned = PlannedOutput(spec.name, spec.label)
+            target = spec.at(plan.output_dir)
+            if not worth_sharing(target):
+                planned.share = "not shared: converting it costs less than sending it"
+                out.append(planned)
+                continue
+            planned.share = note
+            if chain is not None:
+                planned.key = output_entry_key(chain, target)
+                entry, why = self._lookup(planned.key)
+                if entry is not None:
+                    planned.source, planned.share = "remote", None
+                elif why:
+                    planned.share = f"the remote entry is refused: {why}; {note}"
+            out.append(planned)
+        return out
+
+    def _output_note(self, plan: BuildPlan) -> str:
+        """Whether a converted output goes up: as its last layer does (secrets, push settings); never without one."""
+        if not plan.layers:
+            return "not pushed: it is converted straight from the base image"
+        last = plan.layers[-1].share or ""
+        if last.startswith(("push", "pushed")):
+            return last
+        return "not pushed: " + last.removeprefix("not pushed: ")
+
+    def _chain(self, plan: BuildPlan, *, planned: bool = False) -> list[str] | None:
+        """Every layer's blob digest, base first, or None when a layer's bytes are not the remote's.
+
+        A layer's blob is recorded here once it is pushed or pulled; *planned* (before the
+        layers ran) also takes the entry a ``remote`` layer will be pulled from, and counts
+        a layer that will be built as unknown.
+        """
+        blobs: list[str] = []
+        for layer in plan.layers:
+            blob: object = None
+            if planned and layer.source == "remote" and layer.key in self._planned:
+                blob = self._planned[layer.key].blob
+            elif not planned or layer.source == "local":
+                meta = self.store.meta(layer.key)
+                blob = meta.get("blob") if meta else None
+            if not blob:
+                return None
+            blobs.append(str(blob))
+        return blobs or None
 
     def _source(self, plan: BuildPlan, layer: PlannedLayer, parent_source: str, parent_blob: str | None,
                 no_cache: bool) -> tuple[str, RemoteEntry | None]:
@@ -340,6 +463,118 @@ class Sharing:
         if won:
             emit(Message(f"base image {base.origin}: pushed to {self.remote.name}"))
         return won
+
+
+    # outputs
+
+    def output_entries(self, plan: BuildPlan, targets: Sequence[Target], emit: Sink
+                       ) -> list[tuple[Target, RemoteEntry]]:
+        """The targets the remote holds for this chain's bytes, with their entries (signature checked).
+
+        A refused entry is one Warn (the output is converted). Lookups only: the pipeline
+        starts these downloads and the other outputs' conversions at once.
+        """
+        chain = self._chain(plan)
+        if chain is None:
+            return []
+        found: list[tuple[Target, RemoteEntry]] = []
+        for target in targets:
+            if not worth_sharing(target):
+                continue
+            entry, why = self._lookup(output_entry_key(chain, target))
+            if entry is not None:
+                found.append((target, entry))
+            elif why:
+                emit(Warn(f"output {target.path.name}: the remote copy is refused: {why}; converting it"))
+        return found
+
+    def pull_outputs(self, wanted: Sequence[tuple[Target, RemoteEntry]], emit: Sink) -> dict[Path, ConvertResult]:
+        """Download *wanted* (:meth:`output_entries`) in parallel, each checked; the results by target path.
+
+        Each download is a Progress row labelled with the output's name (as its conversion
+        would be), lands in a hidden work directory beside the destination, is checked
+        against its entry's sha256 and renamed into place with its ``.sha256`` file only
+        then. An output whose blob is not its entry's is one Warn, and is left out (the
+        pipeline converts it). *emit* must be safe to call from several threads.
+        """
+        if not wanted:
+            return {}
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(wanted))),
+                                thread_name_prefix="imgsmith-pull") as pool:
+            done = list(pool.map(lambda x: self._pull_output(x[0], x[1], emit), wanted))
+        return {r.path: r for r in done if r is not None}
+
+    def _pull_output(self, target: Target, entry: RemoteEntry, emit: Sink) -> ConvertResult | None:
+        start = time.monotonic()
+        name = target.path.name
+        digest = entry.blob.removeprefix("sha256:")
+        try:
+            with partial_dir(target.path) as work:
+                disk = work / name
+                problem = self.remote.fetch(entry, disk, _byte_progress(name, entry.size, emit))
+                if problem is None:
+                    fsync_file(disk)
+                    write_sha256_file(work / "sha256", digest, name)
+                    disk.replace(target.path)
+                    (work / "sha256").replace(target.path.with_name(name + ".sha256"))
+                    fsync_dir(target.path.parent)
+        except (RemoteError, OSError) as exc:
+            problem = str(exc)
+        if problem is not None:
+            emit(Warn(f"output {name}: the remote copy is refused: {problem}; converting it"))
+            return None
+        emit(Progress(name, 100.0, entry.size, entry.size))
+        emit(Message(f"output {name}: pulled {entry.size} bytes from {self.remote.name} instead of converting it"))
+        self.remote.touch(entry.key)
+        meta = entry.meta
+        return ConvertResult(target.path, target.format.name, target.preset.name if target.preset else None,
+                             target.layout.value, int(meta.get("virtual_size") or 0), target.path.stat().st_size,
+                             digest, time.monotonic() - start, tuple(str(n) for n in meta.get("notes") or ()),
+                             dict(target.options), pulled_from=self.remote.name)
+
+    def push_outputs(self, plan: BuildPlan, made: Sequence[tuple[Target, ConvertResult]], emit: Sink) -> list[str]:
+        """Push the outputs made here that are worth sharing and that the remote lacks, in parallel; their names.
+
+        Only on a chain whose every layer is on the remote (so never on a layer that carries
+        a secret, unless the team's shared secret key made it shareable), and only when this
+        host pushes. Failures are one Warn each: the build's outputs are already in place.
+        """
+        if not self.remote.push_enabled or not self._output_note(plan).startswith(("push", "pushed")):
+            return []
+        chain = self._chain(plan)
+        todo = [(t, r) for t, r in made if r.pulled_from is None and worth_sharing(t)]
+        if chain is None or not todo:
+            return []
+        self._unsigned(emit)
+        last = plan.layers[-1]
+        lock = threading.Lock()
+
+        def say(event: Event) -> None:  # called from the pool's threads
+            with lock:
+                emit(event)
+
+        def one(target: Target, result: ConvertResult) -> str | None:
+            key = output_entry_key(chain, target)
+            meta = {"kind": "output", "definition": plan.definition.definition.name, "output": result.path.name,
+                    "format": result.format, "preset": result.preset, "layout": result.layout,
+                    "options": dict(result.options), "virtual_size": result.virtual_size, "notes": list(result.notes)}
+            try:
+                entry, why = self.remote.lookup(key)
+                if entry is not None or why is not None:
+                    return None
+                _, won = self.remote.put(key, result.path, "sha256:" + result.sha256,
+                                         parent={"key": last.key, "blob": chain[-1]}, meta=meta)
+            except (RemoteError, OSError) as exc:
+                say(Warn(f"output {result.path.name}: pushing it to the remote cache failed: {exc}"))
+                return None
+            if won:
+                say(Message(f"output {result.path.name}: pushed {key[:12]} to {self.remote.name}"))
+            return result.path.name if won else None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.workers, len(todo))),
+                                thread_name_prefix="imgsmith-push") as pool:
+            names = list(pool.map(lambda x: one(*x), todo))
+        return [n for n in names if n is not None]
 
 
 def _byte_progress(label: str, total: int, emit: Sink) -> Callable[[int], None]:

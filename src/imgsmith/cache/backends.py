@@ -170,8 +170,20 @@ class S3Backend:
         return len(stale)
 
     def get_blob(self, digest: str, dest: Path, progress: Progress | None = None) -> None:
-        self._call(f"downloading blob {digest[:19]}", lambda: self.client.download_file(
-            self.bucket, self._blob(digest), os.fspath(dest), Callback=progress))
+        """One streamed GET per blob, not boto3's ranged parallel download.
+
+        A build downloads its blobs in parallel already (one thread each), and moto's
+        server (the suite's and bench/farm's S3) reads the whole object for every ranged
+        GET: a 330 MB output in 8 MB ranges cost it 40 whole reads, 54 s instead of a few.
+        """
+        def fetch() -> None:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._blob(digest))["Body"]
+            with body, dest.open("wb") as out:
+                for chunk in body.iter_chunks(_CHUNK):
+                    out.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+        self._call(f"downloading blob {digest[:19]}", fetch)
 
     def put_blob(self, digest: str, path: Path) -> None:
         # upload_file goes multipart for large files; an unfinished multipart upload is invisible.

@@ -1,6 +1,7 @@
 """The remote layer cache: signed entries naming verified blobs, shared by every host of a farm.
 
-An entry (one per layer key, see backends.py for where it lives) is a JSON document::
+An entry (one per layer key, base image or output, see backends.py for where it lives) is a
+JSON document::
 
     {"v": 1, "key": KEY, "blob": "sha256:…", "size": N, "created": EPOCH,
      "parent": {"key": PARENT_KEY, "blob": "sha256:…"}        # a layer parent: its blob
@@ -77,12 +78,19 @@ class RemoteEntry:
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "kind": self.kind, "blob": self.blob, "size": self.size, "created": self.created,
                 "parent": self.parent, "definition": self.meta.get("definition"),
-                "layer": self.meta.get("layer"), "base": self.meta.get("base"), "signer": self.signer}
+                "layer": self.meta.get("layer"), "base": self.meta.get("base"), "output": self.meta.get("output"),
+                "signer": self.signer}
 
     @property
     def kind(self) -> str:
-        """``layer``, or ``base`` for a base image (see :func:`base_entry_key`)."""
-        return "base" if self.meta.get("kind") == "base" else "layer"
+        """``layer``, ``base`` for a base image (see :func:`base_entry_key`), ``output`` for a build's output.
+
+        An output entry (sharing.py's ``output_entry_key``) names the final layer as its
+        parent and holds the output file as its blob; it is listed, verified and pruned
+        like the others.
+        """
+        kind = self.meta.get("kind")
+        return str(kind) if kind in ("base", "output") else "layer"
 
 
 class RemoteCache:

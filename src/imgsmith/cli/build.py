@@ -119,8 +119,14 @@ class _BarOrLines:
             print(f"  {label}: {pct:.0f}%", file=sys.stderr, flush=True)
 
 
+_BASE_SOURCES = {"local": "local", "remote": "remote: will be pulled from the remote cache",
+                 "fetch": "fetch: not in the remote cache (downloaded or bootstrapped here)"}
+
+
 def _plan_lines(plan: BuildPlan) -> list[str]:
     lines = [f"plan for {plan.definition.definition.name} (from {plan.base_origin}):"]
+    if plan.base_source is not None:
+        lines.append(f"  base image: {_BASE_SOURCES[plan.base_source]}")
     for layer in plan.layers:
         what = "cached" if layer.cached else f"will run: {layer.miss}"
         if layer.source == "remote":
@@ -133,8 +139,16 @@ def _plan_lines(plan: BuildPlan) -> list[str]:
                      f"[{layer.key[:12]}]")
     for name, why in plan.dropped_sysprep:
         lines.append(f"  sysprep: {name} dropped because {why}")
+    planned = {o.name: o for o in plan.outputs}
     for spec in plan.definition.outputs:
-        lines.append(f"  output: {spec.name} ({spec.label})")
+        o = planned.get(spec.name)
+        if o is None:
+            lines.append(f"  output: {spec.name} ({spec.label})")
+            continue
+        what = "remote: will be pulled from the remote cache" if o.source == "remote" else "convert"
+        share = f" ({o.share})" if o.share and o.source != "remote" else ""
+        key = f" [{o.key[:12]}]" if o.key else ""
+        lines.append(f"  output: {spec.name} ({spec.label}) — {what}{share}{key}")
     choice = plan.backend
     lines.append(f"  backend: {choice.name} ({choice.reason})")
     lines.append(f"  into: {plan.output_dir}")
@@ -153,7 +167,8 @@ def _output_summary(r: ConvertResult) -> str:
     from ..disk.sizes import format_size
     kind = f"{r.format} ({r.preset})" if r.preset else r.format
     patched = f"  (patched: {format_size(r.patched_bytes)} changed)" if r.patched_bytes is not None else ""
-    return f"{kind}  {format_size(r.file_size)}{patched}"
+    pulled = "  (pulled from the remote cache)" if r.pulled_from is not None else ""
+    return f"{kind}  {format_size(r.file_size)}{patched}{pulled}"
 
 
 class _PlainEvents:
@@ -215,6 +230,10 @@ def _json_result(loaded: LoadedDefinition, result: BuildResult, args: argparse.N
         "outputs": [r.to_json() for r in result.outputs], "manifest": str(result.manifest or ""),
         "launches": result.launches, "sessions": result.sessions, "backend": result.backend,
         "seconds": round(seconds, 2), "boot_test": result.boot, "checks": result.checks,
+        # with a remote cache (sharing.py): where the base image and each output come from
+        "base_source": result.plan.base_source,
+        "planned_outputs": [{"name": o.name, "source": o.source, "key": o.key, "share": o.share}
+                            for o in result.plan.outputs],
     }
 
 
@@ -258,7 +277,7 @@ def _print_result(loaded: LoadedDefinition, result: BuildResult, seconds: float)
         print(f"{loaded.definition.name}: up to date ({result.plan.output_dir})")
         return
     for r in result.outputs:
-        patched = "  (patched)" if r.patched_bytes is not None else ""
+        patched = {"patched": "  (patched)", "pulled": "  (pulled)"}.get(r.made, "")
         print(f"{r.path}  {r.format}  {r.file_size:,} bytes  sha256:{r.sha256[:16]}…{patched}")
     if result.boot is not None:
         print(f"boot test: passed ({len(result.boot.get('checks', []))} check(s))")

@@ -226,16 +226,27 @@ def _verify_remote(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="imgsmith-verify-") as work:
         for key, entry, why in remote.entries():
             problem = why if entry is None else remote.verify(entry, Path(work))
-            results.append({"key": key, "ok": problem is None, "problem": problem})
+            results.append({"key": key, "kind": entry.kind if entry else None, "ok": problem is None,
+                            "problem": problem})
     bad = [r for r in results if not r["ok"]]
     if args.json:
         print(json.dumps({"remote": remote.name, "entries": results, "bad": len(bad)}, indent=2))
     else:
         for r in bad:
-            print(f"remote layer {r['key'][:12]}: {r['problem']}")
+            print(f"remote {r['kind'] or 'entry'} {r['key'][:12]}: {r['problem']}")
         print(f"{len(results) - len(bad)} of {len(results)} remote entr{'y' if len(results) == 1 else 'ies'} "
               f"verified in {remote.name}")
     return 1 if bad else 0
+
+
+def _remote_what(e: Any) -> str:
+    """What a remote entry holds, for `cache ls --remote`: a base image, an output or a layer."""
+    if e.kind == "base":
+        return f"base {e.meta.get('origin') or e.meta.get('base')}"
+    if e.kind == "output":
+        kind = e.meta.get("preset") or e.meta.get("format") or "-"
+        return f"{e.meta.get('definition') or '-'}  output {e.meta.get('output') or '-'} ({kind})"
+    return f"{e.meta.get('definition') or '-'}  {e.meta.get('layer') or '-'}"
 
 
 def _ls_remote(args: argparse.Namespace) -> int:
@@ -250,10 +261,12 @@ def _ls_remote(args: argparse.Namespace) -> int:
         if e is None:
             print(f"{key[:12]}  refused: {why}")
         else:
-            what = (f"base {e.meta.get('origin') or e.meta.get('base')}" if e.kind == "base" else
-                    f"{e.meta.get('definition') or '-'}  {e.meta.get('layer') or '-'}")
+            what = _remote_what(e)
             print(f"{key[:12]}  {format_size(e.size)}  {_age(now - e.created)}  {what}  signer {e.signer or 'none'}")
-    print(f"{len(rows)} layer{'s' if len(rows) != 1 else ''} in {remote.name}")
+    kinds = [e.kind if e else "refused" for _, e, _ in rows]
+    counts = ", ".join(f"{kinds.count(k)} {k}{'s' if kinds.count(k) != 1 else ''}"
+                       for k in ("layer", "base", "output", "refused") if k in kinds)
+    print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'} ({counts or 'none'}) in {remote.name}")
     return 0
 
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from . import delta
 
 __all__ = [
+    "OUTPUT_BYTES_VERSION",
     "ConvertResult",
     "Plan",
     "SourceImage",
@@ -55,6 +56,13 @@ __all__ = [
 ]
 
 log = logging.getLogger("imgsmith.disk")
+
+OUTPUT_BYTES_VERSION = 1
+"""Bump when imgsmith writes other bytes for the same conversion (a packer, an argv change).
+
+Part of a shared output's remote key (sharing.py) with qemu-img's version: an output
+pulled from another host must be what this host would make, byte for byte or better.
+"""
 
 PlanProgress = Callable[["Plan", float], None]
 FreeSpace = Callable[[Path], int]
@@ -114,12 +122,21 @@ class ConvertResult:
     notes: tuple[str, ...] = field(default=())
     options: Mapping[str, str] = field(default_factory=dict)
     patched_bytes: int | None = None  # set when made by patching the previous output
+    pulled_from: str | None = None  # set when downloaded from a remote cache instead of converted
+
+    @property
+    def made(self) -> str:
+        """How the file came to be: ``converted``, ``patched`` (the previous output) or ``pulled``."""
+        if self.pulled_from is not None:
+            return "pulled"
+        return "converted" if self.patched_bytes is None else "patched"
 
     def to_json(self) -> dict[str, Any]:
         return {"path": os.fspath(self.path), "format": self.format, "preset": self.preset,
                 "layout": self.layout, "options": dict(self.options), "virtual_size": self.virtual_size,
                 "file_size": self.file_size, "sha256": self.sha256, "seconds": round(self.seconds, 2),
-                "patched_bytes": self.patched_bytes, "notes": list(self.notes)}
+                "patched_bytes": self.patched_bytes, "notes": list(self.notes), "made": self.made,
+                "pulled_from": self.pulled_from}
 
 
 def open_source(path: str | os.PathLike[str], fmt: str | None = None) -> SourceImage:

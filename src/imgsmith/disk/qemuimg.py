@@ -41,6 +41,7 @@ __all__ = [
     "probe_format",
     "rebase_unsafe",
     "resize",
+    "version",
 ]
 
 log = logging.getLogger("imgsmith.disk")
@@ -257,6 +258,20 @@ def measure_qcow2(path: str | os.PathLike[str], fmt: str) -> int:
     """Bytes *path* would take converted to (uncompressed) qcow2: ``qemu-img measure``, nothing written."""
     out = proc.run([QEMU_IMG, "measure", "--output=json", "-U", "-f", fmt, "-O", "qcow2", Path(path)]).stdout
     return int(json.loads(out)["required"])
+
+
+_VERSION: list[str] = []
+
+
+def version() -> str:
+    """``qemu-img --version``'s first line, read once per process.
+
+    Part of a shared output's remote key (sharing.py): another qemu-img may write other
+    bytes for the same conversion, so outputs are shared only between equal versions.
+    """
+    if not _VERSION:
+        _VERSION.append(proc.run([QEMU_IMG, "--version"]).stdout.splitlines()[0].strip())
+    return _VERSION[0]
 
 
 def create_overlay(base: str | os.PathLike[str], base_fmt: str, dest: str | os.PathLike[str],

@@ -32,8 +32,8 @@ from ..host.files import atomic_write, file_lock, fsync_dir, fsync_file
 from .checksum import Checksum, file_digest, parse_inline, parse_sums
 from .fetch import check_url, download, fetch_text, redact_url
 
-__all__ = ["BaseImage", "BaseProgress", "CachedBase", "Fill", "cached_bases", "expected_checksum", "resolve_file",
-           "resolve_url"]
+__all__ = ["BaseImage", "BaseProgress", "CachedBase", "Fill", "cached_bases", "cached_download", "expected_checksum",
+           "resolve_file", "resolve_url"]
 
 log = logging.getLogger("imgsmith.source")
 
@@ -163,6 +163,12 @@ def _cached_file(entry: Path) -> Path | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return found if found.is_file() else None
+
+
+def cached_download(cache_dir: Path, checksum: str) -> Path | None:
+    """The verified download cached under *cache_dir* for *checksum* (``ALGO:HEX``), or None; reads nothing else."""
+    algo, _, hexdigest = checksum.partition(":")
+    return _cached_file(cache_dir / "base" / f"{algo}-{hexdigest}") if hexdigest else None
 
 
 Fill = Callable[[Path, Checksum], bool]
