@@ -60,7 +60,9 @@ def firmware_for(manifest: dict[str, object], path: Path, fmt: str) -> str:
     """
     boot = manifest.get("boot")
     recorded = boot.get("firmware") if isinstance(boot, dict) else None
-    if recorded in ("bios", "hybrid"):
+    # "unknown" is the build's word for a disk with neither an ESP nor a BIOS boot partition (or no
+    # table at all), which firmware_of_table reads as bios too: no need to read the table again.
+    if recorded in ("bios", "hybrid", "unknown"):
         return "bios"
     if recorded == "uefi":
         return "uefi"
