@@ -187,3 +187,16 @@ def test_quick_records_only_for_the_same_definition_output_and_environment(
     monkeypatch.setattr(rec, "today", lambda: "20991231")  # a name with {date}: the record holds for its day
     assert quick_records(tmp_path, manifest, definition, ["g"]) is not None
     assert quick_records(tmp_path, manifest, definition, ["h"]) is None
+
+
+def test_crc32_as_s3_writes_it() -> None:
+    """Big-endian, base64; a multipart object's is the CRC32 of the parts' CRC32s (S3's "composite" type)."""
+    import base64
+    import zlib
+
+    from imgsmith.publish.s3 import composite_crc32, crc32
+    assert crc32(b"") == "AAAAAA=="
+    assert crc32(b"123456789") == base64.b64encode(bytes.fromhex("cbf43926")).decode()  # the CRC-32 check value
+    parts = [crc32(b"a" * 10), crc32(b"b" * 10)]
+    joined = base64.b64decode(parts[0]) + base64.b64decode(parts[1])
+    assert composite_crc32(parts) == base64.b64encode(zlib.crc32(joined).to_bytes(4, "big")).decode() + "-2"
