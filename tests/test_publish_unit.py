@@ -139,11 +139,12 @@ def test_the_fingerprint_changes_with_every_key_of_the_spec(tmp_path: Path, monk
         assert _dest(tmp_path, **{**base, **change}).fingerprint() != fp, change  # type: ignore[attr-defined]
     monkeypatch.setenv("AWS_PROFILE", "another-account")
     assert _dest(tmp_path, **base).fingerprint() != fp  # type: ignore[attr-defined]
-    glance = {"to": "glance", "image_name": "x", "properties": {"hw_vif_model": "virtio"}}
+    glance: dict[str, object] = {"to": "glance", "image_name": "x", "properties": {"hw_vif_model": "virtio"}}
     gp = _dest(tmp_path, **glance).fingerprint()  # type: ignore[attr-defined]
-    for change in ({"image_name": "y"}, {"properties": {"hw_vif_model": "e1000"}}, {"visibility": "public"},
-                   {"cloud": "other"}):
-        assert _dest(tmp_path, **{**glance, **change}).fingerprint() != gp, change  # type: ignore[attr-defined]
+    changes: list[dict[str, object]] = [{"image_name": "y"}, {"properties": {"hw_vif_model": "e1000"}},
+                                        {"visibility": "public"}, {"cloud": "other"}]
+    for edit in changes:
+        assert _dest(tmp_path, **{**glance, **edit}).fingerprint() != gp, edit  # type: ignore[attr-defined]
     monkeypatch.setenv("OS_CLOUD", "elsewhere")
     assert _dest(tmp_path, **glance).fingerprint() != gp  # type: ignore[attr-defined]
 
