@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -185,6 +186,78 @@ def start_registry(root: Path) -> Server:
     url = f"http://127.0.0.1:{port}"
     _wait(url + "/v2/", proc, log, 30)
     return Server(url, proc, log, root)
+
+
+# --- a counting relay ------------------------------------------------------------------------------
+
+class Relay:
+    """A TCP relay 127.0.0.1:PORT -> *upstream*, counting the connections and the bytes clients send.
+
+    What a client sent is then known without trusting the client's own account of it: the
+    benchmark's "bytes sent", and the tests' "this republish sent no request at all".
+    splice(2) moves the bytes socket -> pipe -> socket, so they never enter Python.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("http://").split("/")[0].split(":")
+        self.upstream = (host, int(port))
+        self.sent = 0
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            pair = [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True, pair), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False, pair), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, up: bool, pair: list[socket.socket]) -> None:
+        r, w = os.pipe()
+        try:
+            while n := os.splice(src.fileno(), w, 1 << 20):
+                left = n
+                while left:
+                    left -= os.splice(r, dst.fileno(), left)
+                if up:
+                    with self.lock:
+                        self.sent += n
+        except OSError:
+            pass
+        finally:
+            os.close(r)
+            os.close(w)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)  # the other side sees the end; its pump ends in turn
+            with self.lock:
+                pair.remove(src)
+                last = dst not in pair
+            if last:  # both directions ended: the second pump closes both sockets
+                src.close()
+                dst.close()
+
+    def take(self) -> tuple[int, int]:
+        """(connections, bytes sent) since the last take."""
+        with self.lock:
+            counts = (self.connections, self.sent)
+            self.connections = self.sent = 0
+        return counts
+
+    def stop(self) -> None:
+        self.sock.close()
 
 
 @contextlib.contextmanager

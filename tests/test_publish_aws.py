@@ -95,7 +95,12 @@ def test_import_register_record_and_republish(moto: Server, ec2: Ec2StandIn, tmp
     before = len(ec2.requests)
     r = run("publish", "out", "--json", cwd=tmp_path, env=env(ec2))
     doc = json.loads(r.stdout)["destinations"][0]
-    assert (doc["status"], doc["sent_bytes"], doc["record"]["image_id"]) == ("unchanged", 0, rec["image_id"])
+    assert (doc["status"], doc["sent_bytes"], doc["record"]["image_id"], doc["found_by"]) == (
+        "unchanged", 0, rec["image_id"], "record")
+    assert ec2.actions()[before:] == []  # the manifest's record: EC2 is not even asked
+    r = run("publish", "out", "--json", "--verify", cwd=tmp_path, env=env(ec2))
+    doc = json.loads(r.stdout)["destinations"][0]
+    assert (doc["status"], doc["sent_bytes"], doc["found_by"]) == ("unchanged", 0, "destination")
     assert ec2.actions()[before:] == ["DescribeImportSnapshotTasks"]  # the connection check only: no import
     for text in (r.stderr, r.stdout, (out / "manifest.json").read_text()):
         assert KEYS["AWS_SECRET_ACCESS_KEY"] not in text

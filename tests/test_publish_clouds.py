@@ -137,10 +137,14 @@ def test_aliyun_upload_import_record_and_republish(moto: Server, ecs: AliyunStan
     assert r.stdout.startswith(f"aliyun: published pubtest.qcow2 -> {image.image_id} ({len(data):,} bytes, ")
     # Republished: one signed DescribeImages finds the tagged image; nothing uploaded, nothing imported.
     before = len(ecs.requests)
-    start = time.monotonic()
     r = run("publish", "out", "--json", cwd=tmp_path, env=env(tmp_path / "home", ALI_KEYS))
     doc = json.loads(r.stdout)["destinations"][0]
     assert (doc["status"], doc["sent_bytes"], doc["record"]["image_id"]) == ("unchanged", 0, image.image_id)
+    assert ecs.actions()[before:] == [] and doc["found_by"] == "record"  # the manifest's record: nothing asked
+    start = time.monotonic()
+    r = run("publish", "out", "--json", "--verify", cwd=tmp_path, env=env(tmp_path / "home", ALI_KEYS))
+    doc = json.loads(r.stdout)["destinations"][0]
+    assert (doc["status"], doc["sent_bytes"], doc["found_by"]) == ("unchanged", 0, "destination")
     assert ecs.actions()[before:] == ["DescribeImages"] and time.monotonic() - start < 15
 
 
@@ -281,6 +285,10 @@ def test_tencent_upload_import_record_and_republish(moto: Server, cvm: TencentSt
     r = run("publish", "out", "--json", cwd=tmp_path, env=env(tmp_path / "home", TC_KEYS))
     doc = json.loads(r.stdout)["destinations"][0]
     assert (doc["status"], doc["sent_bytes"], doc["record"]["image_id"]) == ("unchanged", 0, image_id)
+    assert cvm.actions()[before:] == [] and doc["found_by"] == "record"
+    r = run("publish", "out", "--json", "--verify", cwd=tmp_path, env=env(tmp_path / "home", TC_KEYS))
+    doc = json.loads(r.stdout)["destinations"][0]
+    assert (doc["status"], doc["found_by"]) == ("unchanged", "destination")
     assert cvm.actions()[before:] == ["DescribeImages"]
 
 

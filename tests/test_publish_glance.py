@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from publishing import build, run, with_guest
-from servers import Server, closed_port, glance_available, start_glance
+from servers import Relay, Server, closed_port, glance_available, start_glance
 
 pytestmark = pytest.mark.skipif(glance_available() is not None, reason=str(glance_available()))
 
@@ -95,6 +95,35 @@ def test_republish_sends_nothing(glance: Server, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"glance: unchanged: pubtest.qcow2 is already there ({first['image_id']}); nothing sent\n"
     assert images(glance) == before
+
+
+def test_the_record_is_proof_and_verify_asks(glance: Server, tmp_path: Path) -> None:
+    """With the manifest's record a republish sends not one request (a relay in front of Glance counts them);
+    --verify asks Glance; another image name is not taken for the recorded one (Glance is asked)."""
+    relay = Relay(glance.url)
+    try:
+        out = build(tmp_path, entry(relay.url + "/"))
+        assert run("publish", "out", cwd=tmp_path).returncode == 0
+        assert relay.take()[1] > (out / "pubtest.qcow2").stat().st_size
+
+        def publish(*args: str) -> dict[str, Any]:
+            r = run("publish", "out", "--json", *args, cwd=tmp_path)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)["destinations"][0]  # type: ignore[no-any-return]
+        first = publish()
+        assert (first["status"], first["found_by"], first["sent_bytes"]) == ("unchanged", "record", 0)
+        assert relay.take() == (0, 0)
+        doc = publish("--verify")
+        assert (doc["status"], doc["found_by"], doc["record"]["image_id"]) == (
+            "unchanged", "destination", first["record"]["image_id"])
+        connections, sent = relay.take()
+        assert connections >= 1 and 0 < sent < 10_000
+        image = tmp_path / "image.yaml"
+        image.write_text(image.read_text().replace('image-name: "{name}-{sha256:12}"', 'image-name: "renamed"'))
+        doc = publish()
+        assert doc["found_by"] == "destination" and relay.take()[0] >= 1
+    finally:
+        relay.stop()
 
 
 def test_dry_run_prints_every_request_and_sends_nothing(glance: Server, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from publishing import IMGSMITH, build, run
-from servers import Server, closed_port, registry_available, start_moto, start_registry
+from servers import Relay, Server, closed_port, registry_available, start_moto, start_registry
 
 KEYS = {"AWS_ACCESS_KEY_ID": "AKIDPUBLISHTEST", "AWS_SECRET_ACCESS_KEY": "s3cr3t-never-shown-anywhere",
         "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
@@ -103,12 +103,58 @@ def test_build_publish_end_to_end_then_already_published(moto: Server, tmp_path:
         "s3", "pubtest.raw", sha, f"s3://{b}/{key}", "uploaded")
     r = run("build", "image.yaml", "-o", "out", "--publish", cwd=tmp_path, env=KEYS)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["pubtest: up to date (out)", f"store: unchanged: pubtest.raw is already there "
-                                                                  f"(s3://{b}/{key}); nothing sent"]
+    assert r.stdout.splitlines() == ["pubtest: up to date (out)", f"store: already published: pubtest.raw is at "
+                                                                  f"s3://{b}/{key} (the manifest's record; --verify "
+                                                                  "asks the destination); nothing sent"]
+    r = run("build", "image.yaml", "-o", "out", "--publish", "--verify", cwd=tmp_path, env=KEYS)
+    assert r.stdout.splitlines()[1] == f"store: unchanged: pubtest.raw is already there (s3://{b}/{key}); nothing sent"
     doc = json.loads(run("build", "image.yaml", "-o", "out", "--publish", "--json", cwd=tmp_path, env=KEYS).stdout)
     assert [(p["status"], p["sent_bytes"]) for p in doc["published"]] == [("unchanged", 0)]
     assert json.loads((out / "manifest.json").read_text())["published"]["store"]["published_at"] == \
         rec["published_at"]
+
+
+def test_the_record_is_proof_verify_asks_and_another_spec_is_not_taken_for_it(moto: Server, tmp_path: Path) -> None:
+    """A republish with the manifest's record sends not one request (counted by a relay in front of moto);
+    --verify asks; another bucket, or an edit elsewhere in the definition, is judged by what it changes."""
+    relay = Relay(moto.url)
+    try:
+        b, other = bucket(moto, "recorded"), bucket(moto, "other")
+        out = build(tmp_path, entry(relay.url, b))
+        assert run("publish", "out", cwd=tmp_path, env=KEYS).returncode == 0
+        data = (out / "pubtest.raw").read_bytes()
+        assert relay.take()[1] > len(data)
+
+        def publish(*args: str) -> dict[str, Any]:
+            r = run("publish", "out", "--json", *args, cwd=tmp_path, env=KEYS)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)["destinations"][0]  # type: ignore[no-any-return]
+        doc = publish()
+        assert (doc["status"], doc["found_by"], doc["sent_bytes"]) == ("unchanged", "record", 0)
+        assert relay.take() == (0, 0)
+        dry = publish("--dry-run")
+        assert (dry["status"], dry["actions"]) == ("unchanged", [])  # exactly what a run would send: nothing
+        assert relay.take() == (0, 0)
+        doc = publish("--verify")
+        assert (doc["status"], doc["found_by"], doc["sent_bytes"]) == ("unchanged", "destination", 0)
+        connections, sent = relay.take()
+        assert connections >= 1 and 0 < sent < 10_000  # HeadBucket and HeadObject: no image byte
+        # An edit elsewhere in the definition: the quick check misses, the spec's fingerprint still matches.
+        image = tmp_path / "image.yaml"
+        image.write_text(image.read_text() + "# a comment\n")
+        doc = publish()
+        assert (doc["status"], doc["found_by"]) == ("unchanged", "record") and relay.take() == (0, 0)
+        # Another bucket: the record is not for it; the image goes up again.
+        image.write_text(image.read_text().replace(f"bucket: {b}", f"bucket: {other}"))
+        doc = publish()
+        assert (doc["status"], doc["record"]["bucket"]) == ("published", other)
+        assert relay.take()[1] > len(data)
+        key = doc["record"]["key"]
+        assert s3(moto).get_object(Bucket=other, Key=key)["Body"].read() == data
+        doc = publish()
+        assert (doc["status"], doc["found_by"]) == ("unchanged", "record") and relay.take() == (0, 0)
+    finally:
+        relay.stop()
 
 
 def test_killed_upload_resumes(moto: Server, tmp_path: Path) -> None:
@@ -222,4 +268,6 @@ def test_containerdisk_push_inspect_pull_back(registry: Server, tmp_path: Path) 
         f = tar.extractfile(m)
         assert f is not None and f.read() == (out / "pubtest.qcow2").read_bytes()
     r = run("publish", "out", cwd=tmp_path)
+    assert r.stdout.startswith("kv: already published: pubtest.qcow2 is at ")
+    r = run("publish", "out", "--verify", cwd=tmp_path)
     assert r.stdout.startswith("kv: unchanged: pubtest.qcow2 is already there")

@@ -144,3 +144,89 @@ def test_a_hybrid_image_boot_mode_per_destination(tmp_path: Path) -> None:
     (ecs,) = json.loads(r.stdout)["destinations"]
     params = {a["api"]: a["params"] for a in ecs["actions"]}
     assert params["ecs:ImportImage"]["BootMode"] == "UEFI" and "ecs:ModifyImageAttribute" not in params
+
+
+def _dest(tmp_path: Path, **entry: object) -> object:
+    from imgsmith.publish.base import Artifact
+    from imgsmith.publish.run import DESTINATIONS
+    fields = {"name": "d", "output": "x.qcow2", "to": "s3", "bucket": "b", **entry}
+    e = PublishEntry.model_validate(fields)
+    kind = "oci" if str(e.to).startswith("oci://") else e.to
+    spec = PublishSpec(e, kind, "x.qcow2")
+    art = Artifact(tmp_path / "x.qcow2", "qcow2", "plain", None, 1 << 30, 1 << 20, "a" * 64, "x", firmware="bios")
+    return DESTINATIONS[kind](spec, art)
+
+
+def test_the_fingerprint_changes_with_every_key_of_the_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    base = {"to": "s3", "bucket": "b", "region": "eu-west-1", "endpoint": "http://127.0.0.1:9000",
+            "key": "k/{sha256:12}", "tags": ["a=b"]}
+    fp = _dest(tmp_path, **base).fingerprint()  # type: ignore[attr-defined]
+    assert _dest(tmp_path, **base).fingerprint() == fp  # type: ignore[attr-defined]
+    for change in ({"bucket": "c"}, {"region": "eu-west-2"}, {"endpoint": "http://127.0.0.1:9001"},
+                   {"key": "other/{sha256:12}"}, {"tags": ["a=c"]}, {"output": "y.qcow2"}):
+        assert _dest(tmp_path, **{**base, **change}).fingerprint() != fp, change  # type: ignore[attr-defined]
+    monkeypatch.setenv("AWS_PROFILE", "another-account")
+    assert _dest(tmp_path, **base).fingerprint() != fp  # type: ignore[attr-defined]
+    glance: dict[str, object] = {"to": "glance", "image_name": "x", "properties": {"hw_vif_model": "virtio"}}
+    gp = _dest(tmp_path, **glance).fingerprint()  # type: ignore[attr-defined]
+    changes: list[dict[str, object]] = [{"image_name": "y"}, {"properties": {"hw_vif_model": "e1000"}},
+                                        {"visibility": "public"}, {"cloud": "other"}]
+    for edit in changes:
+        assert _dest(tmp_path, **{**glance, **edit}).fingerprint() != gp, edit  # type: ignore[attr-defined]
+    monkeypatch.setenv("OS_CLOUD", "elsewhere")
+    assert _dest(tmp_path, **glance).fingerprint() != gp  # type: ignore[attr-defined]
+
+
+def test_quick_records_only_for_the_same_definition_output_and_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check made before the definition is loaded: any doubt means 'load it and judge the spec'."""
+    from imgsmith.publish.record import definition_digest, quick_key, quick_records
+    monkeypatch.delenv("OS_CLOUD", raising=False)
+    (tmp_path / "x.qcow2").write_bytes(b"q" * 100)
+    st = (tmp_path / "x.qcow2").stat()
+    definition = tmp_path / "image.yaml"
+    definition.write_text("name: x\n")
+    digest = definition_digest("name: x\n", [])
+
+    def record(name: str, dated: bool = False) -> dict[str, object]:
+        return {"kind": "glance", "output": "x.qcow2", "sha256": "a" * 64, "image_id": "i-" + name,
+                "definition_sha256": digest, "destinations": ["g", "h"], "dated": dated,
+                "quick": quick_key(definition=digest, name=name, kind="glance", output="x.qcow2", sha256="a" * 64,
+                                   dated=dated)}
+    manifest: dict[str, object] = {
+        "definition": {"file": "image.yaml", "overrides": []},
+        "outputs": [{"path": "x.qcow2", "sha256": "a" * 64, "file_size": 100, "mtime_ns": st.st_mtime_ns}],
+        "published": {"g": record("g"), "h": record("h", dated=True)}}
+    found = quick_records(tmp_path, manifest, definition, None)
+    assert found is not None and sorted(found) == ["g", "h"]
+    assert quick_records(tmp_path, manifest, definition, ["g"]) is not None
+    assert quick_records(tmp_path, manifest, definition, ["nope"]) is None  # the slow path says "unknown"
+    monkeypatch.setenv("OS_CLOUD", "elsewhere")  # chooses another cloud
+    assert quick_records(tmp_path, manifest, definition, ["g"]) is None
+    monkeypatch.delenv("OS_CLOUD")
+    definition.write_text("name: x\n# edited\n")
+    assert quick_records(tmp_path, manifest, definition, None) is None
+    definition.write_text("name: x\n")
+    (tmp_path / "x.qcow2").write_bytes(b"r" * 100)  # rewritten since the build (another mtime)
+    assert quick_records(tmp_path, manifest, definition, None) is None
+    import os
+    os.utime(tmp_path / "x.qcow2", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert quick_records(tmp_path, manifest, definition, None) is not None
+    import imgsmith.publish.record as rec
+    monkeypatch.setattr(rec, "today", lambda: "20991231")  # a name with {date}: the record holds for its day
+    assert quick_records(tmp_path, manifest, definition, ["g"]) is not None
+    assert quick_records(tmp_path, manifest, definition, ["h"]) is None
+
+
+def test_crc32_as_s3_writes_it() -> None:
+    """Big-endian, base64; a multipart object's is the CRC32 of the parts' CRC32s (S3's "composite" type)."""
+    import base64
+    import zlib
+
+    from imgsmith.publish.s3 import composite_crc32, crc32
+    assert crc32(b"") == "AAAAAA=="
+    assert crc32(b"123456789") == base64.b64encode(bytes.fromhex("cbf43926")).decode()  # the CRC-32 check value
+    parts = [crc32(b"a" * 10), crc32(b"b" * 10)]
+    joined = base64.b64decode(parts[0]) + base64.b64decode(parts[1])
+    assert composite_crc32(parts) == base64.b64encode(zlib.crc32(joined).to_bytes(4, "big")).decode() + "-2"

@@ -83,6 +83,10 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # pydantic looks for plugins in every installed distribution's entry points when the first model
+    # class is made: 0.1-0.5 s of reading metadata files in a venv with the cloud SDKs, for plugins
+    # imgsmith's models never use. A user who wants them sets the variable (pydantic's documented switch).
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     words = sys.argv[1:] if argv is None else argv
     parser = build_parser(words)
     _Parser.json_requested = "--json" in words

@@ -12,14 +12,16 @@ from .render import Progress, print_json
 
 if TYPE_CHECKING:
     from ..events import Event
-    from ..publish.run import Outcome
+    from ..publish.record import Outcome
 
 EPILOG = """\
 Each destination is checked before anything is sent: the output is in the manifest and
 unchanged since the build, not refused by its cloud's check, of a format the destination
 takes; then the credentials are read and the service reached. An image whose sha256 is
 already at the destination is not sent again. The manifest records what was published
-(published.NAME: image id or object URL, region, status). docs/publish.md has the details.
+(published.NAME: image id or object URL, region, status); a republish of the same image with
+the same destination settings takes that record as proof, asks nothing and sends nothing
+(--verify asks the destination anyway). docs/publish.md has the details.
 
 examples:
   imgsmith publish dist/debian12 --dry-run           # every request, nothing sent
@@ -57,6 +59,9 @@ def add_options(p: argparse.ArgumentParser, *, prefix: str = "") -> None:
                    help="parts sent in parallel (default 10)")
     p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
                    help="how long to wait for a destination to report the image ready")
+    p.add_argument("--verify", action="store_true",
+                   help="ask each destination whether the image is there, even when the manifest records it "
+                        "published (default: a record of this same publication is proof enough)")
 
 
 def _events(args: argparse.Namespace) -> Any:
@@ -83,25 +88,33 @@ def _events(args: argparse.Namespace) -> Any:
 def publish_dir(target: Path, args: argparse.Namespace, *, definition: Path | None = None,
                 dry_run: bool = False) -> list[Outcome]:
     """Publish the build in *target*: shared by this command and `imgsmith build --publish`."""
-    from ..definition import load_definition
     from ..disk.sizes import parse_size
     from ..errors import UsageError
-    from ..publish.base import PublishOptions
-    from ..publish.run import locate, publish
-    out_dir, manifest = locate(target)
-    d = manifest.get("definition") or {}
-    file = definition or (Path(d["file"]) if d.get("file") else None)
-    if file is None:
-        raise UsageError(f"{out_dir}: the manifest names no definition: give --definition FILE.yaml")
-    loaded = load_definition(file, overrides=d.get("overrides") or [], check_files=False)
+    from ..publish.record import locate, quick_records, recorded
     part = parse_size(str(args.part_size)).amount
     if part < 5 << 20:
         raise UsageError(f"--part-size {args.part_size}: object stores take parts of at least 5M")
     if args.jobs < 1:
         raise UsageError("--jobs: at least 1")
+    out_dir, manifest = locate(target)
+    d = manifest.get("definition") or {}
+    file = definition or (Path(d["file"]) if d.get("file") else None)
+    if file is None:
+        raise UsageError(f"{out_dir}: the manifest names no definition: give --definition FILE.yaml")
+    if not args.verify:
+        # The manifest's records, judged before the definition is loaded (publish/record.py): an unchanged
+        # republish imports neither pydantic nor an SDK and sends nothing.
+        records = quick_records(out_dir, manifest, file, args.publish_to)
+        if records is not None:
+            return recorded(records)
+    from ..definition import load_definition
+    from ..publish.base import PublishOptions
+    from ..publish.run import Provenance, publish
+    loaded = load_definition(file, overrides=d.get("overrides") or [], check_files=False)
     options = PublishOptions(part_size=part, jobs=args.jobs, state_dir=out_dir / ".imgsmith-publish")
-    return publish(out_dir, manifest, loaded.publish, only=args.publish_to, dry_run=dry_run,
-                   timeout=args.timeout, emit=_events(args), options=options)
+    provenance = Provenance(loaded.text_hash, tuple(s.name for s in loaded.publish))
+    return publish(out_dir, manifest, loaded.publish, only=args.publish_to, dry_run=dry_run, verify=args.verify,
+                   timeout=args.timeout, emit=_events(args), options=options, provenance=provenance)
 
 
 def print_outcomes(outcomes: list[Outcome]) -> None:
@@ -112,7 +125,10 @@ def print_outcomes(outcomes: list[Outcome]) -> None:
                 print(f"  {a.api} {_params(a.params)}")
             continue
         where = o.record.get("image_id") or o.record.get("url") or o.record.get("reference")
-        if o.status == "unchanged":
+        if o.status == "unchanged" and o.found_by == "record":
+            print(f"{o.name}: already published: {o.output} is at {where} (the manifest's record; --verify asks "
+                  "the destination); nothing sent")
+        elif o.status == "unchanged":
             print(f"{o.name}: unchanged: {o.output} is already there ({where}); nothing sent")
         else:
             print(f"{o.name}: published {o.output} -> {where} ({o.sent_bytes:,} bytes, {o.seconds:.1f} s)")

@@ -8,8 +8,6 @@ so a user fixes a file in one round.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import posixpath
 from collections.abc import Sequence
@@ -24,6 +22,7 @@ from ..disk.sizes import SizeSpec
 from ..errors import DefinitionError, Problem, UsageError
 from ..ops import CUSTOMIZE_OPERATIONS
 from ..ops.base import Operation, ParseContext
+from ..publish.record import definition_digest
 from ..publish.spec import PublishSpec
 from . import matrix
 from .model import Definition
@@ -253,7 +252,7 @@ def load_variants(file: Path, *, overrides: Sequence[str] = (), check_files: boo
         if definition is None or found_here:
             continue
         chosen = [*overrides, *(x for x in matrix.selector(values) if x not in overrides)]
-        digest = hashlib.sha256(text.encode() + json.dumps(chosen).encode()).hexdigest()
+        digest = definition_digest(text, chosen)  # publish/record.py recomputes it without loading
         variants.append(LoadedDefinition(file, definition, layer_ops, digest, chosen, resolved, dict(values)))
     if any(found_here for _, found_here in per_variant):
         raise DefinitionError(_name_variants(per_variant))

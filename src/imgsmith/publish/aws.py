@@ -102,8 +102,8 @@ class AwsDestination(S3Destination):
         """The manifest's record of an image registered from these bytes: nothing to send."""
         if previous and previous.get("kind") == self.kind and previous.get("sha256") == self.artifact.sha256 \
                 and previous.get("image_id") and previous.get("region") == self.entry.region:
-            return {k: v for k, v in previous.items() if k not in ("kind", "output", "sha256", "published_at",
-                                                                    "checked_at")}
+            from .record import reported
+            return reported(previous)
         return None
 
     def upload(self) -> None:

@@ -18,11 +18,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import ImgsmithError
 from ..events import Progress, Sink, discard
-from .spec import PublishSpec
+
+if TYPE_CHECKING:  # spec.py loads the definition model (pydantic): not needed to judge a record
+    from .spec import PublishSpec
 
 __all__ = ["Action", "Artifact", "Chunks", "Destination", "PublishError", "PublishOptions", "Reader", "Record",
            "image_name", "mask"]
@@ -203,6 +205,29 @@ class Destination(ABC):
     @property
     def entry(self) -> Any:
         return self.spec.entry
+
+    @property
+    def dated(self) -> bool:
+        """Whether a name this destination sends uses ``{date}`` (a record holds only for its day)."""
+        return any("{date}" in (t or "") for t in (self.entry.image_name, self.entry.key))
+
+    def fingerprint(self) -> str:
+        """The destination spec as resolved, and what it sends: equal fingerprints, the same publication.
+
+        publish/record.py says what a matching record proves; the entry is taken whole (every key
+        the definition model has), so a new key is in the fingerprint without anyone adding it here.
+        """
+        import hashlib
+        import json
+
+        from .record import env_digest
+        a, e = self.artifact, self.entry
+        doc = {"kind": self.kind, "output": self.spec.output, "entry": e.model_dump(mode="json", by_alias=True),
+               "oci": str(self.spec.oci) if self.spec.oci else None,
+               "names": [image_name(e.image_name, a), image_name(e.key, a) if e.key else None],
+               "sha256": a.sha256, "format": a.format, "layout": a.layout, "virtual_size": a.virtual_size,
+               "firmware": a.firmware, "guest": a.guest, "env": env_digest(self.kind)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
     @abstractmethod
     def plan(self) -> list[Action]:

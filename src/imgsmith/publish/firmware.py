@@ -61,4 +61,8 @@ def firmware_for(manifest: dict[str, object], path: Path, fmt: str) -> str:
     recorded = boot.get("firmware") if isinstance(boot, dict) else None
     if recorded in ("bios", "uefi", "hybrid"):
         return str(recorded)
+    # "unknown" is the build's word for a disk with neither an ESP nor a BIOS boot partition (or no
+    # table at all), which firmware_of_table reads as bios too: no need to read the table again.
+    if recorded == "unknown":
+        return "bios"
     return firmware_of(path, fmt)

@@ -2,16 +2,18 @@
 
 Order, for each selected ``publish:`` entry: the output is in the manifest, unchanged since the
 build, not refused by its cloud's check, of a format the destination takes (all entries
-judged before anything is sent) -> credentials read and the service reached (all entries,
-again before anything is sent) -> ``find`` (already there: nothing is sent) -> upload ->
-register -> wait -> the manifest records it (atomic rewrite).
+judged before anything is sent) -> the manifest's record of this same publication
+(publish/record.py: same spec fingerprint; then nothing is imported or sent, unless
+``verify``) -> credentials read and the service reached (all remaining entries, again before
+anything is sent) -> ``find`` (already there: nothing is sent) -> upload -> register -> wait
+-> the manifest records it (atomic rewrite).
 """
 
 from __future__ import annotations
 
 import datetime
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,46 +22,21 @@ from ..events import Message, Sink, StageFinished, StageKind, StageStarted, disc
 from ..manifest import MANIFEST, read_manifest, write_manifest
 from .aliyun import AliyunDestination
 from .aws import AwsDestination
-from .base import Action, Artifact, Destination, PublishError, PublishOptions, Record
+from .base import Artifact, Destination, PublishError, PublishOptions, Record
 from .glance import GlanceDestination
 from .oci import OciDestination
+from .record import Outcome, locate, recorded
 from .s3 import S3Destination
 from .spec import PublishSpec, check_format
 from .tencent import TencentDestination
 
-__all__ = ["DESTINATIONS", "Outcome", "artifact_for", "locate", "publish"]
+__all__ = ["DESTINATIONS", "Outcome", "Provenance", "artifact_for", "locate", "publish", "recorded"]
 
 DESTINATIONS: dict[str, type[Destination]] = {"glance": GlanceDestination, "s3": S3Destination,
                                               "oci": OciDestination, "aws": AwsDestination,
                                               "aliyun": AliyunDestination, "tencent": TencentDestination}
 # Which cloud's `imgsmith check` judges an output for a destination kind.
 _CHECKED_AS = {"glance": "openstack", "aws": "aws", "aliyun": "aliyun", "tencent": "tencent"}
-
-
-@dataclass
-class Outcome:
-    name: str
-    kind: str
-    output: str
-    status: str  # published | unchanged | planned
-    actions: list[Action] = field(default_factory=list)
-    record: Record = field(default_factory=dict)
-    seconds: float = 0.0
-    sent_bytes: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "output": self.output, "status": self.status,
-                "actions": [a.to_json() for a in self.actions], "record": self.record,
-                "seconds": round(self.seconds, 3), "sent_bytes": self.sent_bytes}
-
-
-def locate(target: Path) -> tuple[Path, dict[str, Any]]:
-    """The build directory and its manifest, from ``DIR`` or ``DIR/manifest.json``."""
-    out_dir = target.parent if target.name == MANIFEST or target.is_file() else target
-    manifest = read_manifest(out_dir)
-    if manifest is None:
-        raise UsageError(f"{out_dir / MANIFEST}: no build manifest here (run imgsmith build first)")
-    return out_dir, manifest
 
 
 def artifact_for(out_dir: Path, manifest: dict[str, Any], spec: PublishSpec) -> Artifact:
@@ -101,9 +78,17 @@ def artifact_for(out_dir: Path, manifest: dict[str, Any], spec: PublishSpec) -> 
                     firmware_for(manifest, path, str(entry["format"])))
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What a record is made under, for publish/record.py's quick check: the definition hash, all its names."""
+
+    definition_sha256: str = ""
+    destinations: tuple[str, ...] = ()
+
+
 def publish(out_dir: Path, manifest: dict[str, Any], specs: tuple[PublishSpec, ...], *, only: list[str] | None = None,
-            dry_run: bool = False, timeout: float = 3600, emit: Sink = discard,
-            options: PublishOptions | None = None) -> list[Outcome]:
+            dry_run: bool = False, verify: bool = False, timeout: float = 3600, emit: Sink = discard,
+            options: PublishOptions | None = None, provenance: Provenance = Provenance()) -> list[Outcome]:
     """Publish the selected destinations (see the module docstring); the manifest is updated after each."""
     chosen = _select(specs, only)
     opts = options or PublishOptions(state_dir=out_dir / ".imgsmith-publish")
@@ -111,14 +96,29 @@ def publish(out_dir: Path, manifest: dict[str, Any], specs: tuple[PublishSpec, .
         import dataclasses
         opts = dataclasses.replace(opts, state_dir=out_dir / ".imgsmith-publish")
     dests = [DESTINATIONS[s.kind](s, artifact_for(out_dir, manifest, s), emit, opts) for s in chosen]
+    published = manifest.get("published") or {}
+    known: dict[str, Outcome] = {}
+    if not verify:
+        for d in dests:
+            prev = published.get(d.spec.name)
+            if isinstance(prev, dict) and prev.get("sha256") == d.artifact.sha256 and \
+                    prev.get("fingerprint") == d.fingerprint():
+                known[d.spec.name] = recorded({d.spec.name: prev})[0]
     if dry_run:
-        return [Outcome(d.spec.name, d.kind, d.spec.output, "planned", d.plan()) for d in dests]
+        return [known.get(d.spec.name) or Outcome(d.spec.name, d.kind, d.spec.output, "planned", d.plan())
+                for d in dests]
     for d in dests:
-        d.connect()
+        if d.spec.name not in known:
+            d.connect()
     outcomes = []
     for d in dests:
-        outcomes.append(_one(d, manifest, timeout, emit))
-        _record(out_dir, outcomes[-1], d.artifact)
+        if d.spec.name in known:
+            outcomes.append(known[d.spec.name])
+            emit(Message(f"{d.spec.name}: already published ({_where(outcomes[-1].record)}, the manifest's record):"
+                         " nothing sent"))
+        else:
+            outcomes.append(_one(d, manifest, timeout, emit))
+        _record(out_dir, outcomes[-1], d, provenance)
     return outcomes
 
 
@@ -143,7 +143,8 @@ def _one(d: Destination, manifest: dict[str, Any], timeout: float, emit: Sink) -
     if found is not None:
         emit(Message(f"{name}: already there ({_where(found)}): nothing sent"))
         emit(StageFinished(StageKind.PUBLISH, time.monotonic() - start, "unchanged"))
-        return Outcome(name, d.kind, d.spec.output, "unchanged", record=found, seconds=time.monotonic() - start)
+        return Outcome(name, d.kind, d.spec.output, "unchanged", record=found, seconds=time.monotonic() - start,
+                       found_by="destination")
     d.upload()
     d.register()
     record = d.wait(timeout)
@@ -159,16 +160,32 @@ def _where(record: Record) -> str:
     return "done"
 
 
-def _record(out_dir: Path, outcome: Outcome, artifact: Artifact) -> None:
-    """The manifest's ``published.NAME``: re-read and rewritten atomically (another publish may have run)."""
+def _record(out_dir: Path, outcome: Outcome, d: Destination, provenance: Provenance) -> None:
+    """The manifest's ``published.NAME``: re-read and rewritten atomically (another publish may have run).
+
+    ``checked_at`` is when the destination was last asked: a record taken as proof keeps it,
+    and is rewritten only when its keys for the quick check are not the current ones.
+    """
+    from .record import quick_key
     data = read_manifest(out_dir)
     if data is None:
         raise PublishError(f"{out_dir / MANIFEST}: vanished while publishing")
     published = data.setdefault("published", {})
     at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     old = published.get(outcome.name) or {}
-    published[outcome.name] = {"kind": outcome.kind, "output": outcome.output, "sha256": artifact.sha256,
-                               **outcome.record, "status": outcome.record.get("status", outcome.status),
-                               "published_at": old.get("published_at", at) if outcome.status == "unchanged" else at,
-                               "checked_at": at}
+    a = d.artifact
+    keys: dict[str, Any] = {"fingerprint": d.fingerprint(), "dated": d.dated}
+    if provenance.definition_sha256:
+        keys.update(quick=quick_key(definition=provenance.definition_sha256, name=outcome.name, kind=d.kind,
+                                    output=outcome.output, sha256=a.sha256, dated=d.dated),
+                    definition_sha256=provenance.definition_sha256, destinations=list(provenance.destinations))
+    if outcome.found_by == "record":
+        if all(old.get(k) == v for k, v in keys.items()):
+            return
+        published[outcome.name] = {**old, **keys}
+    else:
+        published[outcome.name] = {"kind": outcome.kind, "output": outcome.output, "sha256": a.sha256,
+                                   **outcome.record, "status": outcome.record.get("status", outcome.status),
+                                   "published_at": old.get("published_at", at) if outcome.status == "unchanged"
+                                   else at, "checked_at": at, **keys}
     write_manifest(out_dir, data)
