@@ -116,8 +116,9 @@ COLD_ARM64 = "IMGSMITH_TEST_ARM64_BOOTSTRAP"
 def arm64_image() -> Path:
     """The arm64 image; bootstrapped here only when it is cached or COLD_ARM64=1 asks for it.
 
-    A cold arm64 bootstrap runs dpkg, py3compile and mkinitramfs under qemu-user: about 14 min of
-    one core measured here, a quarter of the suite's CI budget on its own (docs/decisions.md). `make
+    A cold arm64 bootstrap runs dpkg, py3compile and mkinitramfs (once) under qemu-user: far more
+    than the ≈ 10 min of wall time the suite's CI budget can give it on a loaded runner
+    (docs/decisions.md has the figures). `make
     test-arm64` builds it and runs this test; afterwards `make test` runs it from the cache.
     """
     spec = BootstrapSpec(arch="arm64")
@@ -125,7 +126,7 @@ def arm64_image() -> Path:
         profile = profile_for(spec)
         cached = CACHE / "bootstrap" / f"{image_name(spec, cache_key(spec, resolve_sources(spec, profile)))}.qcow2"
         if not cached.exists():
-            pytest.skip(f"no cached arm64 image ({cached.name}); a cold arm64 bootstrap takes ~14 CPU-minutes "
+            pytest.skip(f"no cached arm64 image ({cached.name}); a cold arm64 bootstrap takes many CPU-minutes "
                         f"under qemu-user: run `make test-arm64` (sets {COLD_ARM64}=1)")
     return _bootstrap(spec)
 
