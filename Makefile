@@ -16,7 +16,7 @@ demo: setup
 test: setup
 	$(PY) -m pytest -n 2 --dist loadgroup -p no:cacheprovider --durations=30 tests
 
-# The arm64 boot test bootstraps its image under qemu-user when it is not cached (~14 CPU-minutes here);
+# The arm64 boot test bootstraps its image under qemu-user when it is not cached (many CPU-minutes here, docs/decisions.md);
 # `make test` runs it only from the cache (tests/test_arch.py says why), this target builds it first.
 test-arm64: setup
 	IMGSMITH_TEST_ARM64_BOOTSTRAP=1 $(PY) -m pytest -p no:cacheprovider tests/test_arch.py -k arm64

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job: build examples/debian12.yaml end to end — bootstrap a Debian 12
 # cloud image from packages (cached after the first run), customize it, sysprep it,
-# convert it to qcow2 + streamOptimized VMDK + fixed VHD (Azure), and boot-test it.
+# convert it to qcow2 + streamOptimized VMDK + fixed VHD (Azure), and boot-test it under
+# SeaBIOS and under OVMF (the bootstrap is hybrid BIOS+UEFI, like Debian's cloud images).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -28,8 +29,9 @@ print(f"guest: {g.get('product')} kernel {', '.join(g.get('kernels', []))}, {len
 for o in m["outputs"]:
     print(f"output: {o['path']}  {o['format']}  virtual {o['virtual_size']:,} B  file {o['file_size']:,} B")
 bt = m.get("boot_test")
-if bt:
-    print(f"boot test: {'passed' if bt.get('passed') else 'FAILED'}; stages: {bt.get('stages')}")
+for v in (bt.get("by_firmware") or [bt]) if bt else []:
+    fw = (v.get("boot") or {}).get("firmware", "?")
+    print(f"boot test ({fw}): {'passed' if v.get('passed') else 'FAILED'}; stages: {v.get('stages')}")
 PY
 echo
 echo "== a second build with nothing changed"

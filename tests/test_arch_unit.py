@@ -46,7 +46,8 @@ def _error(data: dict[str, object]) -> str:
 
 def test_bad_boot_settings_are_refused_with_one_line_each() -> None:
     assert _error({"arch": "s390x"}) == "unsupported architecture 's390x' (supported: amd64, arm64)"
-    assert _error({"secure-boot": True}) == "secure-boot: true needs firmware uefi or hybrid (BIOS has no Secure Boot)"
+    assert _error({"secure-boot": True, "partitioning": "gpt"}) == (
+        "secure-boot: true needs firmware uefi or hybrid (BIOS has no Secure Boot)")
     assert _error({"secure-boot": True, "firmware": "bios"}).startswith("secure-boot: true needs firmware uefi")
     assert _error({"arch": "arm64", "firmware": "hybrid"}) == (
         "arm64 boots with UEFI only: firmware 'hybrid' is not possible (use uefi)")
@@ -56,31 +57,57 @@ def test_bad_boot_settings_are_refused_with_one_line_each() -> None:
 
 
 def test_defaults_and_packages_per_firmware() -> None:
-    assert BootstrapSpec().boot_firmware == "bios"
+    assert BootstrapSpec().boot_firmware == "hybrid"  # like Debian's cloud images
+    assert BootstrapSpec.model_validate({"secure-boot": True}).boot_firmware == "hybrid"
     assert BootstrapSpec(arch="arm64").boot_firmware == "uefi"
-    assert boot_packages(BootstrapSpec()) == ("grub-pc",)
-    assert boot_packages(BootstrapSpec(firmware="hybrid")) == ("grub-efi-amd64", "grub-pc-bin")
+    # partitioning names a BIOS layout: given alone it keeps meaning bios, as before hybrid existed
+    assert BootstrapSpec.model_validate({"partitioning": "mbr"}).boot_firmware == "bios"
+    assert BootstrapSpec.model_validate({"partitioning": "gpt"}).boot_firmware == "bios"
+    assert BootstrapSpec.model_validate({"partitioning": "gpt", "firmware": "hybrid"}).boot_firmware == "hybrid"
+    assert boot_packages(BootstrapSpec(firmware="bios")) == ("grub-pc",)
+    assert boot_packages(BootstrapSpec()) == ("grub-efi-amd64", "grub-pc-bin")
     assert boot_packages(BootstrapSpec(firmware="uefi", secure_boot=True)) == (
         "grub-efi-amd64", "shim-signed", "grub-efi-amd64-signed")
     assert boot_packages(BootstrapSpec(arch="arm64")) == ("grub-efi-arm64",)
     spec = BootstrapSpec(arch="arm64")
-    argv = mmdebstrap_argv(spec, profile_for(spec), _sources(), Path("/r"), Path("/p"))
+    argv = mmdebstrap_argv(spec, profile_for(spec), _sources(), Path("/r"), Path("/p"), initramfs_stub=Path("/s"))
     assert "--architectures=arm64" in argv
     include = next(a for a in argv if a.startswith("--include=")).split("=", 1)[1].split(",")
     assert include[:2] == ["linux-image-cloud-arm64", "grub-efi-arm64"] and "grub-pc" not in include
     assert not any(a.startswith("--architectures") for a in mmdebstrap_argv(
-        BootstrapSpec(), profile_for(BootstrapSpec()), _sources(), Path("/r"), Path("/p")))
+        BootstrapSpec(), profile_for(BootstrapSpec()), _sources(), Path("/r"), Path("/p"), initramfs_stub=Path("/s")))
 
 
-def test_cache_keys_old_recipe_unchanged_new_ones_distinct() -> None:
-    old = cache_key(BootstrapSpec(), _sources())
-    assert old == cache_key(BootstrapSpec(firmware="bios", arch="amd64", secure_boot=False), _sources())
-    keys = {old, cache_key(BootstrapSpec(firmware="hybrid"), _sources()),
+# Keys computed by the code before amd64's default became hybrid (builder 0.1.0+bootstrap.2),
+# for BootstrapSpec(), BootstrapSpec(partitioning=GPT) and BootstrapSpec(firmware="hybrid"):
+# a spec pinned to bios must keep the first, the new default must get the third.
+OLD_BUILDER = "0.1.0+bootstrap.2"
+OLD_KEYS = {"mbr": "d132f7248d73aba15bd7682e40ddabb76206a4ad4509c153818e97fe8efb302f",
+            "gpt": "35ce57df3ae1685b6bd80bacb3499aa55d8f7c6cdf8ef2a22bf97f3fda11959b",
+            "hybrid": "a33adc3a58812d63af5664efa3d0a2220283f7d15dc0604c032423f1675fb6df"}
+
+
+def test_pinned_bios_keeps_the_old_default_key_and_the_new_default_is_hybrids() -> None:
+    def key(data: dict[str, object]) -> str:
+        return cache_key(BootstrapSpec.model_validate(data), _sources(), builder=OLD_BUILDER)
+    assert key({"firmware": "bios"}) == key({"partitioning": "mbr"}) == OLD_KEYS["mbr"]
+    assert key({"firmware": "bios", "partitioning": "gpt"}) == key({"partitioning": "gpt"}) == OLD_KEYS["gpt"]
+    assert key({}) == key({"firmware": "hybrid"}) == OLD_KEYS["hybrid"]
+    pinned = BootstrapSpec(firmware="bios")
+    assert image_name(pinned, "a" * 64) == "debian-bookworm-mbr-aaaaaaaaaaaaaaaa"
+    assert image_name(BootstrapSpec(), "a" * 64) == "debian-bookworm-amd64-hybrid-aaaaaaaaaaaaaaaa"
+    assert pinned.describe() == "debian bookworm amd64 bios" and BootstrapSpec().describe() == "debian bookworm"
+
+
+def test_cache_keys_distinct_per_boot_mode() -> None:
+    bios = cache_key(BootstrapSpec(firmware="bios"), _sources())
+    keys = {bios, cache_key(BootstrapSpec(), _sources()),
             cache_key(BootstrapSpec(firmware="uefi"), _sources()),
             cache_key(BootstrapSpec(firmware="uefi", secure_boot=True), _sources()),
+            cache_key(BootstrapSpec(secure_boot=True), _sources()),
             cache_key(BootstrapSpec(arch="arm64"), _sources())}
-    assert len(keys) == 5
-    assert image_name(BootstrapSpec(), "a" * 64) == "debian-bookworm-mbr-aaaaaaaaaaaaaaaa"
+    assert len(keys) == 6
+    assert cache_key(BootstrapSpec(), _sources()) == cache_key(BootstrapSpec(firmware="hybrid"), _sources())
     assert image_name(BootstrapSpec(arch="arm64"), "b" * 64) == "debian-bookworm-arm64-uefi-bbbbbbbbbbbbbbbb"
     assert image_name(BootstrapSpec(firmware="hybrid", secure_boot=True), "c" * 64).startswith(
         "debian-bookworm-amd64-secureboot-")

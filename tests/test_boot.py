@@ -52,7 +52,7 @@ def _host_listener() -> Iterator[Check]:
 def debian_image() -> Path:
     if os.geteuid() != 0:
         pytest.skip("bootstrapping an image needs root (loop devices, mounts, chroot)")
-    return bootstrap_image(BootstrapSpec(distro="debian", release="bookworm"), cache_dir=CACHE)
+    return bootstrap_image(BootstrapSpec(distro="debian", release="bookworm", firmware="bios"), cache_dir=CACHE)
 
 
 def test_bootstrapped_image_boots_and_passes_checks(debian_image: Path, tmp_path: Path) -> None:

@@ -165,20 +165,79 @@ def test_spec_validation_and_unsupported_distros() -> None:
 
 def test_mmdebstrap_argv_for_debian_and_ubuntu(tmp_path: Path) -> None:
     spec = BootstrapSpec(packages=("vim",))
-    argv = mmdebstrap_argv(spec, profile_for(spec), _sources(), tmp_path / "root", tmp_path / "p")
+    argv = mmdebstrap_argv(spec, profile_for(spec), _sources(), tmp_path / "root", tmp_path / "p",
+                           initramfs_stub=tmp_path / "s")
     include = next(a for a in argv if a.startswith("--include="))
-    for pkg in ("linux-image-cloud-amd64", "grub-pc", "cloud-init", "openssh-server", "sudo", "vim"):
+    for pkg in ("linux-image-cloud-amd64", "grub-efi-amd64", "grub-pc-bin", "cloud-init", "openssh-server", "sudo",
+                "vim", "initramfs-tools"):
         assert pkg in include.split("=", 1)[1].split(",")
+    # update-initramfs is diverted to the stub before the --include set is installed (run once afterwards)
+    hooks = [a.removeprefix("--essential-hook=") for a in argv if a.startswith("--essential-hook=")]
+    assert any("dpkg-divert" in h and "--rename" in h and "/usr/sbin/update-initramfs" in h for h in hooks)
+    assert any(h.startswith("install -m 0755 ") and str(tmp_path / "s") in h for h in hooks)
     assert argv[-4:-3] == [str(tmp_path / "root")] and argv[-3] == "deb http://m/debian bookworm main"
     assert not any(a.startswith("--keyring") for a in argv)
 
     ubuntu = BootstrapSpec(distro="ubuntu", release="jammy", mirror="http://ports.example/ubuntu-ports")
     src = resolve_sources(ubuntu, profile_for(ubuntu), host=lambda _d: mirror.HostMirrors(),
                           date_of=lambda _m, _s: "d")
-    uargv = mmdebstrap_argv(ubuntu, profile_for(ubuntu), src, tmp_path, tmp_path / "p")
+    uargv = mmdebstrap_argv(ubuntu, profile_for(ubuntu), src, tmp_path, tmp_path / "p", initramfs_stub=tmp_path / "s")
     assert "--keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg" in uargv
     assert "deb http://ports.example/ubuntu-ports jammy-security main universe" in uargv
     assert "linux-image-virtual" in next(a for a in uargv if a.startswith("--include="))
+
+
+def _deferred_tree(root: Path, kernels: tuple[str, ...] = ("6.1.0-9-cloud-amd64",)) -> None:
+    """What mmdebstrap leaves with update-initramfs diverted: the real one renamed, the stub in its place."""
+    from imgsmith.source import rootfs
+    (root / "usr/sbin").mkdir(parents=True)
+    (root / "usr/sbin/update-initramfs").write_text(rootfs.INITRAMFS_STUB)
+    (root / "usr/sbin/update-initramfs.imgsmith").write_text("#!/bin/sh\n# the package's\n")
+    (root / "boot").mkdir()
+    for k in kernels:
+        (root / f"usr/lib/modules/{k}").mkdir(parents=True)
+        (root / f"boot/vmlinuz-{k}").write_bytes(b"")
+
+
+def test_initramfs_is_built_once_after_the_diversion_is_undone(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgsmith import proc
+    from imgsmith.errors import ImgsmithError
+    from imgsmith.source import rootfs
+    calls: list[list[str]] = []
+
+    def run(argv: list[object], **_kw: object) -> None:
+        args = [str(a) for a in argv]
+        calls.append(args[2:])
+        if args[2:4] == ["dpkg-divert", "--quiet"] and "--rename" in args:  # what dpkg-divert --rename does
+            (tmp_path / "usr/sbin/update-initramfs.imgsmith").rename(tmp_path / "usr/sbin/update-initramfs")
+        if args[2] == "/usr/sbin/update-initramfs":
+            (tmp_path / f"boot/initrd.img-{args[-1]}").write_bytes(b"\x1f\x8b")
+
+    monkeypatch.setattr(proc, "run", run)
+    _deferred_tree(tmp_path, ("6.1.0-9-cloud-amd64", "6.1.0-10-cloud-amd64"))
+    (tmp_path / "usr/lib/modules/6.1.0-8-cloud-amd64").mkdir()  # modules left by a removed kernel: no vmlinuz
+    rootfs.build_initramfs(tmp_path)
+    assert calls == [
+        ["dpkg-divert", "--quiet", "--local", "--rename", "--remove", "/usr/sbin/update-initramfs"],
+        ["/usr/sbin/update-initramfs", "-c", "-k", "6.1.0-10-cloud-amd64"],
+        ["/usr/sbin/update-initramfs", "-c", "-k", "6.1.0-9-cloud-amd64"],
+    ]
+    assert (tmp_path / "usr/sbin/update-initramfs").read_text() == "#!/bin/sh\n# the package's\n"
+
+    # update-initramfs that leaves no initramfs: an error, not an image that cannot boot
+    other = tmp_path / "other"
+    _deferred_tree(other)
+    monkeypatch.setattr(proc, "run", lambda argv, **_kw: None)
+    with pytest.raises(ImgsmithError, match=r"left no /boot/initrd\.img-6\.1\.0-9-cloud-amd64"):
+        rootfs.build_initramfs(other)
+    # the stub there but initramfs-tools never unpacked: no initramfs would exist
+    bare = tmp_path / "bare"
+    _deferred_tree(bare)
+    (bare / "usr/sbin/update-initramfs.imgsmith").unlink()
+    with pytest.raises(ImgsmithError, match="initramfs-tools is not installed"):
+        rootfs.build_initramfs(bare)
+    assert not (bare / "usr/sbin/update-initramfs").exists()
 
 
 def test_partition_layouts() -> None:

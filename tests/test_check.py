@@ -282,7 +282,7 @@ def debian_image() -> Path:
         pytest.skip("bootstrapping an image needs root (loop devices, mounts, chroot)")
     from imgsmith.source.bootstrap import BootstrapSpec, bootstrap_image
     cache = Path(os.environ.get("IMGSMITH_CACHE") or "/var/tmp/imgsmith-test-cache")
-    return bootstrap_image(BootstrapSpec(distro="debian", release="bookworm"), cache_dir=cache)
+    return bootstrap_image(BootstrapSpec(distro="debian", release="bookworm", firmware="bios"), cache_dir=cache)
 
 
 @pytest.mark.guest

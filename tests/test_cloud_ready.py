@@ -225,7 +225,7 @@ def test_cloud_ready_in_a_definition_and_unknown_clouds() -> None:
 def debian_image() -> Path:
     from imgsmith.source.bootstrap import BootstrapSpec, bootstrap_image
     cache = Path(os.environ.get("IMGSMITH_CACHE") or "/var/tmp/imgsmith-test-cache")
-    return bootstrap_image(BootstrapSpec(distro="debian", release="bookworm"), cache_dir=cache)
+    return bootstrap_image(BootstrapSpec(distro="debian", release="bookworm", firmware="bios"), cache_dir=cache)
 
 
 def test_real_debian_initramfs_without_virtio_is_regenerated(debian_image: Path, tmp_path: Path,

@@ -35,11 +35,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--security-mirror", help="security archive URL (default: the host's, else the official one)")
     p.add_argument("--size", default="3G", help="virtual disk size (default 3G)")
     p.add_argument("--partitioning", choices=("mbr", "gpt"),
-                   help="with BIOS firmware: mbr, one root partition at 1 MiB (default); gpt: BIOS boot "
-                        "partition + root (uefi and hybrid are always GPT)")
+                   help="a BIOS layout: mbr, one root partition at 1 MiB; gpt: BIOS boot partition + root. "
+                        "Without --firmware it means --firmware bios (uefi and hybrid are always GPT)")
     p.add_argument("--arch", default="amd64", help="amd64 (default) or arm64 (built through qemu-user)")
-    p.add_argument("--firmware", help="bios, uefi or hybrid (GPT with a BIOS boot partition and an ESP); "
-                                      "default: bios on amd64, uefi on arm64")
+    p.add_argument("--firmware", help="bios, uefi or hybrid (GPT with a BIOS boot partition and an ESP, boots "
+                                      "either way); default: hybrid on amd64, like Debian's cloud images "
+                                      "(bios with --partitioning), uefi on arm64")
     p.add_argument("--secure-boot", action="store_true",
                    help="Debian's signed shim, GRUB and kernel (firmware uefi or hybrid)")
     p.add_argument("-o", "--output", type=Path, metavar="OUT",

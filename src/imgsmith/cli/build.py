@@ -280,7 +280,9 @@ def _print_result(loaded: LoadedDefinition, result: BuildResult, seconds: float)
         patched = {"patched": "  (patched)", "pulled": "  (pulled)"}.get(r.made, "")
         print(f"{r.path}  {r.format}  {r.file_size:,} bytes  sha256:{r.sha256[:16]}…{patched}")
     if result.boot is not None:
-        print(f"boot test: passed ({len(result.boot.get('checks', []))} check(s))")
+        boots = result.boot.get("by_firmware") or [result.boot]
+        under = ", ".join(str((b.get("boot") or {}).get("firmware", "?")) for b in boots)
+        print(f"boot test: passed under {under} ({len(result.boot.get('checks', []))} check(s) each)")
     ran = f"{result.sessions} layer session(s), backend {result.backend}" if result.sessions else "all layers cached"
     print(f"manifest: {result.manifest}  ({seconds:.1f} s, {ran})")
 

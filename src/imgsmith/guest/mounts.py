@@ -112,9 +112,16 @@ def _probe(session: Session, device: BlockDevice,
     return probe
 
 
-def _mount_rest(session: Session, root: Path, info: OSInfo, by_name: dict[str, Partition]) -> None:
+def _mount_rest(session: Session, root: Path, info: OSInfo, by_name: dict[str, Partition],
+                device: BlockDevice) -> None:
+    others = {p.name: p for p in device.partitions}
     for mp, name in mount_order(info.mountpoints):
         sub = by_name.get(name)
+        if sub is None and name in others:  # an ESP (vfat): this host's kernel has no vfat
+            log.warning("/etc/fstab: %s (%s, %s) not mounted: the chroot backend mounts Linux filesystems only, "
+                        "so a step's writes under %s stay in the root filesystem", mp, name,
+                        others[name].fstype or "unknown filesystem", mp)
+            continue
         if sub is None:
             log.warning("/etc/fstab: %s for %s is not on this disk; not mounted", name, mp)
             continue
@@ -171,7 +178,7 @@ def mount_guest(session: Session, device: BlockDevice, *, root_choice: str = "si
                                                devices)}
         info = roots[choose_root(list(roots), root_choice, lambda r: roots[r].product_name)]
         _mount(session, by_name[info.root], root)
-    _mount_rest(session, root, info, by_name)
+    _mount_rest(session, root, info, by_name, device)
     guest.os = complete(info, guest) if known is not None or mount_order(info.mountpoints) else info
     host = _HOST_ARCH.get(platform.machine(), platform.machine())
     if guest.os.arch not in ("unknown", host):

@@ -68,7 +68,8 @@ __all__ = [
 log = logging.getLogger("imgsmith.source")
 
 # Bump the revision whenever the recipe changes what ends up in the image.
-BUILDER_VERSION = f"{__version__}+bootstrap.2"
+# bootstrap.3: update-initramfs deferred during the install and run once at the end.
+BUILDER_VERSION = f"{__version__}+bootstrap.3"
 
 Progress = Callable[[str], None]
 
@@ -102,12 +103,15 @@ class BootstrapSpec(BaseModel):
     mirror: str | None = Field(None, description="archive URL; default: the host's apt source for the distro")
     security_mirror: str | None = Field(None, description="security archive URL; default: host's, else official")
     size: Annotated[int, BeforeValidator(_size)] = Field(3 << 30, ge=512 * MiB, description="virtual disk size")
-    partitioning: Partitioning = Partitioning.MBR
+    partitioning: Partitioning | None = Field(
+        None, description="a BIOS layout: mbr (one root partition at 1 MiB) or gpt (BIOS boot partition + "
+                          "root); given without a firmware it means firmware bios")
     variant: Literal["minbase", "apt"] = "minbase"
     arch: str = Field("amd64", description="amd64 or arm64 (arm64 is built on amd64 through qemu-user/binfmt)")
     firmware: Literal["bios", "uefi", "hybrid"] | None = Field(
         None, description="bios (MBR, or GPT with a BIOS boot partition), uefi (GPT + ESP) or hybrid (GPT with "
-                          "both, boots either way); default: bios on amd64, uefi on arm64")
+                          "both, boots either way); default: hybrid on amd64 (bios when partitioning is "
+                          "given), uefi on arm64")
     secure_boot: bool = Field(False, alias="secure-boot",
                               description="Debian's signed shim, GRUB and kernel on the ESP (amd64, uefi or hybrid)")
 
@@ -127,26 +131,38 @@ class BootstrapSpec(BaseModel):
             raise ValueError("secure-boot: true needs firmware uefi or hybrid (BIOS has no Secure Boot)")
         if self.secure_boot and self.arch != "amd64":
             raise ValueError(f"secure-boot is supported on amd64 only, not {self.arch}")
-        if fw != "bios" and "partitioning" in self.model_fields_set and self.partitioning is Partitioning.MBR:
+        if fw != "bios" and self.partitioning is Partitioning.MBR:
             raise ValueError(f"firmware {fw} needs a GPT disk: drop 'partitioning: mbr'")
         return self
 
     @property
     def boot_firmware(self) -> str:
-        """The firmware the image boots with: as given, else bios on amd64 (docs/decisions.md), uefi on arm64."""
+        """The firmware the image boots with: as given; else uefi on arm64, and on amd64 hybrid.
+
+        amd64's default is hybrid like Debian's cloud images (docs/decisions.md); a spec that
+        names ``partitioning`` (a choice among BIOS layouts, the only ones before hybrid
+        existed) without a firmware keeps meaning what it did: bios.
+        """
         if self.firmware is not None:
             return self.firmware
-        return "uefi" if self.arch == "arm64" else "bios"
+        if self.arch == "arm64":
+            return "uefi"
+        return "hybrid" if self.partitioning is None else "bios"
 
     def describe(self) -> str:
-        """``debian bookworm``, plus the architecture and firmware when not the old default (amd64, BIOS)."""
-        extra = "" if (self.arch, self.boot_firmware, self.secure_boot) == ("amd64", "bios", False) else (
+        """``debian bookworm``, plus the architecture and firmware when not the default (amd64 hybrid)."""
+        extra = "" if (self.arch, self.boot_firmware, self.secure_boot) == ("amd64", "hybrid", False) else (
             f" {self.arch} {self.boot_firmware}" + (" secure-boot" if self.secure_boot else ""))
         return f"{self.distro} {self.release}{extra}"
 
     @property
+    def table(self) -> Partitioning:
+        """The partitioning as the recipe had it before it became optional (the cache key's value): mbr unless gpt."""
+        return self.partitioning or Partitioning.MBR
+
+    @property
     def layout(self) -> partition.Layout:
-        return partition.layout_for(self.partitioning, self.boot_firmware)
+        return partition.layout_for(self.table, self.boot_firmware)
 
     @field_validator("packages")
     @classmethod
@@ -279,14 +295,14 @@ def cache_key(spec: BootstrapSpec, sources: Sources, builder: str = BUILDER_VERS
         "distro": spec.distro,
         "release": spec.release,
         "packages": sorted(set(spec.packages)),
-        "partitioning": spec.partitioning.value,
+        "partitioning": spec.table.value,
         "size": spec.size,
         "variant": spec.variant,
         "sources": [list(s) for s in sources.suites],
         "components": list(sources.components),
     }
-    # Added with arm64/UEFI: present only when not the old recipe's values, so every image
-    # built before (amd64, BIOS) keeps its key and stays cached.
+    # Added with arm64/UEFI: present only when not amd64/bios/no Secure Boot (the only recipe
+    # before them), so a spec pinned to `firmware: bios` keys exactly as that recipe did.
     if (spec.arch, spec.boot_firmware, spec.secure_boot) != ("amd64", "bios", False):
         canonical.update(arch=spec.arch, firmware=spec.boot_firmware, secure_boot=spec.secure_boot)
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
@@ -296,14 +312,20 @@ def cache_key(spec: BootstrapSpec, sources: Sources, builder: str = BUILDER_VERS
 def image_name(spec: BootstrapSpec, key: str) -> str:
     """Cache file stem: readable prefix, then enough of the key to be unique."""
     if (spec.arch, spec.boot_firmware, spec.secure_boot) == ("amd64", "bios", False):
-        return f"{spec.distro}-{spec.release}-{spec.partitioning.value}-{key[:16]}"
+        return f"{spec.distro}-{spec.release}-{spec.table.value}-{key[:16]}"
     boot = "secureboot" if spec.secure_boot else spec.boot_firmware
     return f"{spec.distro}-{spec.release}-{spec.arch}-{boot}-{key[:16]}"
 
 
 def mmdebstrap_argv(spec: BootstrapSpec, profile: DistroProfile, sources: Sources, target: Path,
-                    preseed: Path) -> list[str]:
-    """The mmdebstrap command: no Recommends (a lean, predictable package set), unsafe-io (we sync once)."""
+                    preseed: Path, *, initramfs_stub: Path) -> list[str]:
+    """The mmdebstrap command: no Recommends (a lean, predictable package set), unsafe-io (we sync once).
+
+    update-initramfs is diverted to *initramfs_stub* before the packages are installed
+    (:func:`rootfs.defer_initramfs_hooks`): the kernel's postinst and initramfs-tools'
+    trigger would otherwise build the initramfs twice, each minutes long under qemu-user;
+    :func:`rootfs.build_initramfs` restores it and builds it once.
+    """
     kernel = profile.kernel.format(arch=spec.arch)
     packages = list(dict.fromkeys([kernel, *boot_packages(spec), *profile.packages, *spec.packages]))
     argv = [
@@ -312,6 +334,7 @@ def mmdebstrap_argv(spec: BootstrapSpec, profile: DistroProfile, sources: Source
         '--aptopt=APT::Install-Recommends "false"', "--dpkgopt=force-unsafe-io",
         f"--include={','.join(packages)}",
         f'--essential-hook=chroot "$1" debconf-set-selections < {shlex.quote(os.fspath(preseed))}',
+        *(f"--essential-hook={hook}" for hook in rootfs.defer_initramfs_hooks(initramfs_stub)),
     ]
     if spec.arch != host_arch():
         argv.append(f"--architectures={spec.arch}")  # its programs run under qemu-user (binfmt_misc)
@@ -361,8 +384,9 @@ def _run_mmdebstrap(argv: list[str], progress: Progress) -> None:
 def _build(spec: BootstrapSpec, profile: DistroProfile, sources: Sources, work: Path, progress: Progress) -> Path:
     """Steps 2-5 of the module docstring inside *work*; returns the finished qcow2 in *work*."""
     layout = spec.layout
-    raw, root, preseed = work / "disk.raw", work / "root", work / "debconf.preseed"
+    raw, root, preseed, stub = work / "disk.raw", work / "root", work / "debconf.preseed", work / "initramfs-stub"
     preseed.write_text(rootfs.DEBCONF_PRESEED, encoding="utf-8")
+    stub.write_text(rootfs.INITRAMFS_STUB, encoding="utf-8")
     with raw.open("wb") as f:
         f.truncate(spec.size)
     proc.run(["sfdisk", "--quiet", "--wipe", "always", raw], input=partition.sfdisk_script(layout).encode())
@@ -374,10 +398,14 @@ def _build(spec: BootstrapSpec, profile: DistroProfile, sources: Sources, work: 
                   "-E", "lazy_itable_init=0,lazy_journal_init=0", node])
         with partition.mount(node, root):
             progress(f"installing {spec.distro} {spec.release} {spec.arch} with mmdebstrap")
-            _run_mmdebstrap(mmdebstrap_argv(spec, profile, sources, root, preseed), progress)
+            _run_mmdebstrap(mmdebstrap_argv(spec, profile, sources, root, preseed, initramfs_stub=stub), progress)
             progress(f"configuring: fstab, serial console, cloud-init, GRUB ({spec.boot_firmware})")
             rootfs.configure_tree(root, fs_uuid=fs_uuid, esp_id=esp_id, arch=spec.arch)
             with partition.bind_mounts(root):
+                progress("making the initramfs (once, now that every package is installed)")
+                started = time.monotonic()
+                rootfs.build_initramfs(root)
+                log.info("initramfs built in %.1f s", time.monotonic() - started)
                 bios_loop = loop if spec.boot_firmware != "uefi" else None
                 rootfs.install_grub(root, loop=bios_loop, root_node=node, fs_uuid=fs_uuid)
                 if esp_id is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
+import shutil
 from pathlib import Path
 
 from .. import proc
@@ -18,7 +20,10 @@ from ..errors import ImgsmithError
 
 __all__ = [
     "DEBCONF_PRESEED",
+    "INITRAMFS_STUB",
+    "build_initramfs",
     "configure_tree",
+    "defer_initramfs_hooks",
     "install_grub",
     "remove_build_leftovers",
     "remove_instance_identity",
@@ -33,6 +38,16 @@ DEBCONF_PRESEED = (
     "grub-pc grub-pc/install_devices multiselect\n"
     "grub-pc grub-pc/install_devices_empty boolean true\n"
 )
+
+UPDATE_INITRAMFS = "/usr/sbin/update-initramfs"
+UPDATE_INITRAMFS_REAL = f"{UPDATE_INITRAMFS}.imgsmith"
+
+INITRAMFS_STUB = """\
+#!/bin/sh
+# imgsmith bootstrap: update-initramfs is deferred while the packages are installed (the
+# real one is diverted to update-initramfs.imgsmith) and run once afterwards. Not in the image.
+exit 0
+"""
 
 GRUB_DROPIN = """\
 # Written by imgsmith bootstrap: a serial console for cloud consoles and boot tests.
@@ -97,6 +112,57 @@ def configure_tree(root: Path, *, fs_uuid: str, esp_id: str | None = None, arch:
     _write(root, "/etc/default/locale", "LANG=C.UTF-8\n")
     _write(root, "/etc/default/grub.d/10-imgsmith.cfg", GRUB_DROPIN_ARM64 if arch == "arm64" else GRUB_DROPIN)
     _write(root, "/etc/cloud/cloud.cfg.d/90-imgsmith.cfg", CLOUD_CFG)
+
+
+def defer_initramfs_hooks(stub: Path) -> list[str]:
+    """mmdebstrap ``--essential-hook`` commands that turn update-initramfs into *stub* for the install.
+
+    The kernel's postinst (``/etc/kernel/postinst.d/initramfs-tools``) builds the initramfs,
+    then initramfs-tools' trigger, activated by every later package with an initramfs hook,
+    builds it again: two runs of mkinitramfs, each minutes of CPU under qemu-user for arm64.
+    A ``dpkg-divert --rename`` before initramfs-tools is unpacked makes dpkg install the real
+    program under another name, so both calls reach the no-op stub. Essential hooks run after
+    the essential packages (dpkg is there) and before the ``--include`` set.
+    """
+    return [
+        f'chroot "$1" dpkg-divert --quiet --local --rename --divert {UPDATE_INITRAMFS_REAL} --add {UPDATE_INITRAMFS}',
+        f'install -m 0755 {shlex.quote(str(stub))} "$1{UPDATE_INITRAMFS}"',
+    ]
+
+
+def build_initramfs(root: Path) -> None:
+    """Undo :func:`defer_initramfs_hooks` and build the initramfs of each installed kernel, once.
+
+    Runs after every package is installed, so the initramfs holds every package's hooks
+    (what the trigger's last run would have made), and after /etc/fstab is written, so
+    initramfs-tools' fsck hook adds e2fsck for the root filesystem as on an installed
+    system (built during the install it had no fstab to read). The diversion and the stub are removed
+    first: the image's update-initramfs is the package's own, and a later kernel or
+    package upgrade in the guest rebuilds the initramfs as usual.
+    """
+    stub, real = root / UPDATE_INITRAMFS.lstrip("/"), root / UPDATE_INITRAMFS_REAL.lstrip("/")
+    is_stub = stub.is_file() and stub.read_text(encoding="utf-8") == INITRAMFS_STUB
+    if is_stub:
+        stub.unlink()
+        if not real.is_file():
+            raise ImgsmithError("initramfs-tools is not installed: the image would have no initramfs")
+    else:  # the package put its program at another path (an unmerged /sbin): it ran during the install
+        log.warning("update-initramfs was not deferred (%s missing); the install built the initramfs", real)
+    proc.run(["chroot", root, "dpkg-divert", "--quiet", "--local", *(["--rename"] if is_stub else []),
+              "--remove", UPDATE_INITRAMFS])
+    if not is_stub:
+        return
+    modules = root / "usr/lib/modules"
+    versions = sorted(p.name for p in modules.iterdir() if (root / f"boot/vmlinuz-{p.name}").exists())
+    if not versions:
+        raise ImgsmithError("no kernel in /boot to make an initramfs for", hint="was the kernel package installed?")
+    for version in versions:
+        # -c: the stub made none (a later `update-initramfs -u` in the guest finds this one)
+        proc.run(["chroot", root, UPDATE_INITRAMFS, "-c", "-k", version])
+        if not (root / f"boot/initrd.img-{version}").is_file():
+            raise ImgsmithError(f"update-initramfs -c -k {version} left no /boot/initrd.img-{version}")
+    # The fsck hook's blkid cache: /run is a tmpfs in the guest, the image keeps it empty.
+    shutil.rmtree(root / "run/blkid", ignore_errors=True)
 
 
 def install_grub(root: Path, *, loop: str | None, root_node: Path, fs_uuid: str) -> None:
