@@ -160,3 +160,25 @@ def test_stop_pid_applies_the_same_policy_to_a_daemon() -> None:
         assert time.monotonic() - start >= 0.5
         assert child.wait(5) == -9
         assert child.stdout.readline() == b"got TERM\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
+def test_partitions_left_on_a_loop_device_are_forgotten(tmp_path: Path) -> None:
+    """What an attach finds when an earlier user of the device left its partitions registered."""
+    from imgsmith.host.loopdev import forget_stale_partitions
+    disk = tmp_path / "d.raw"
+    subprocess.run(["truncate", "-s", "20M", disk], check=True)
+    subprocess.run(["sfdisk", "-q", disk], input=b"label: gpt\n,4M,L\n,4M,L\n", check=True)
+    loop = subprocess.run(["losetup", "--find", "--show", disk], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    name = Path(loop).name
+    try:
+        subprocess.run(["partx", "-a", loop], check=True)
+        assert sorted(p.name for p in Path("/sys/block", name).glob(f"{name}p*")) == [f"{name}p1", f"{name}p2"]
+        assert forget_stale_partitions(loop) == [f"{name}p1", f"{name}p2"]
+        assert list(Path("/sys/block", name).glob(f"{name}p*")) == []
+        assert forget_stale_partitions(loop) == []
+        subprocess.run(["partx", "-a", loop], check=True)  # the table can be announced again
+    finally:
+        subprocess.run(["partx", "-d", loop], check=False, capture_output=True)
+        subprocess.run(["losetup", "-d", loop], check=False)

@@ -26,6 +26,7 @@ from .. import proc
 from ..errors import GuestError, ProcessError
 from ..host.files import fsync_dir, fsync_file
 from ..host.fuse import fuse_export
+from ..host.loopdev import forget_stale_partitions
 from ..host.rollback import Session
 
 __all__ = ["METHODS", "BlockDevice", "Partition", "expose"]
@@ -122,6 +123,7 @@ def expose(session: Session, image: Path, fmt: str, *, method: str = "fuse",
         raise GuestError(f"could not attach a loop device: {exc.message}",
                          hint="the chroot backend needs loop devices (modprobe loop)") from None
     session.push("loop", loop)
+    forget_stale_partitions(loop)
     try:
         proc.run(["partx", "-a", loop])
     except ProcessError:

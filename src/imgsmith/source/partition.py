@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .. import proc
 from ..errors import ImgsmithError, ProcessError
+from ..host.loopdev import forget_stale_partitions
 
 __all__ = [
     "ESP_GUID",
@@ -150,6 +151,7 @@ def attach(image: Path, partition: int) -> Iterator[tuple[str, Path]]:
     """Attach a raw *image* to a loop device and yield ``(loop device, partition node)``."""
     loop = proc.run(["losetup", "--find", "--show", image]).stdout.strip()
     try:
+        forget_stale_partitions(loop)
         proc.run(["partx", "-a", loop])
         node = Path(f"{loop}p{partition}")
         _wait_for_node(node)
