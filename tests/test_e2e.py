@@ -31,11 +31,11 @@ def test_debian12_example_builds_and_boots(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-4000:]
     result = json.loads(r.stdout)
     assert result["boot_test"]["passed"] is True
-    assert len(result["boot_test"]["checks"]) == 5
+    assert len(result["boot_test"]["checks"]) == 6
     # amd64's bootstrap default is hybrid: booted under SeaBIOS, then OVMF, each with every check
     boots = result["boot_test"]["by_firmware"]
     assert [(b["boot"]["firmware"], b["boot"]["guest_uefi"]) for b in boots] == [("bios", False), ("uefi", True)]
-    assert all(b["passed"] and len(b["checks"]) == 5 for b in boots)
+    assert all(b["passed"] and len(b["checks"]) == 6 for b in boots)
     names = sorted(p.name for p in out.iterdir() if not p.name.endswith(".sha256"))
     assert names == ["SHA256SUMS", "debian12-demo-azure.vhd", "debian12-demo-streamOptimized.vmdk",
                      "debian12-demo.qcow2", "manifest.json"]
