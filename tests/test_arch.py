@@ -125,6 +125,7 @@ def arm64_image() -> Path:
 
 
 @pytest.mark.xdist_group("arch-arm64")
+@pytest.mark.timeout(3600)  # cold: 1 114 s of bootstrap alone beside the suite (load ≈ 3); 1800 is too tight
 def test_arm64_customized_through_chroot_boots_under_aavmf(arm64_image: Path, tmp_path: Path) -> None:
     layout = read_layout(arm64_image, "qcow2")
     assert (layout.boot_mode, layout.efi_arch, layout.esp_files) == ("uefi", "arm64", ("BOOTAA64.EFI",))
