@@ -28,7 +28,8 @@ import pytest
 from guests import Entry, fresh_copy, tree
 from imgsmith.ops.crypto import verify_password
 
-pytestmark = [pytest.mark.guest, pytest.mark.differential]
+# one group: the virt-customize reference of each distro (a module fixture) runs once, not once per worker
+pytestmark = [pytest.mark.guest, pytest.mark.differential, pytest.mark.xdist_group("compat-differential")]
 
 IMGSMITH = [sys.executable, "-m", "imgsmith.cli.main"]
 SELINUX = {"/usr/sbin/load_policy": "#!/bin/sh\nexit 0\n"}

@@ -161,6 +161,7 @@ def virt_customize_tree(host_files: dict[str, Path], tmp_path_factory: pytest.Te
 
 
 @pytest.mark.differential
+@pytest.mark.xdist_group("customize-reference")  # both backends on one worker: one virt-customize run
 def test_every_option_on_centos7_and_same_tree_as_virt_customize(
         fresh_guest: Callable[..., Path], host_files: dict[str, Path], backend: str,
         virt_customize_tree: dict[str, Entry]) -> None:

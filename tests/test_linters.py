@@ -1,9 +1,13 @@
-"""Linters as tests: ruff, and mypy --strict over src and tests (pyproject: files), must be clean."""
+"""Linters as tests: ruff, and mypy --strict over src and tests (pyproject: files), must be clean.
+
+And the one property of the test toolchain the suite's time budget rests on: xdist groups hold.
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -46,3 +50,34 @@ def test_import_graph_reports_an_upward_import(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert r.stdout == "disk -> guest\n"
     assert r.stderr == "imgsmith/disk/bad.py:2: disk -> guest imports upward (layer 2 -> 4)\n"
+
+
+def test_xdist_groups_keep_their_tests_on_one_worker(tmp_path: Path) -> None:
+    """`make test`'s ``--dist loadgroup`` really keeps an ``xdist_group`` on one worker.
+
+    The suite's expensive module fixtures (virt-customize references, the sysprep module's
+    appliance runs) are shared through groups. pytest 9.2 with pytest-xdist 3.8 drops every group
+    without a word (pytest-dev/pytest-xdist#1386), and the suite only gets minutes slower: this
+    catches that (pyproject.toml pins pytest below 9.2).
+    """
+    (tmp_path / "test_grouped.py").write_text(textwrap.dedent("""\
+        import os, time
+        import pytest
+
+        @pytest.mark.xdist_group("shared")
+        @pytest.mark.parametrize("n", range(6))
+        def test_grouped(n):
+            time.sleep(0.1)
+            with open("workers", "a") as f:
+                f.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+
+        @pytest.mark.parametrize("n", range(6))
+        def test_free(n):
+            time.sleep(0.1)
+        """))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist",
+                        "loadgroup", "-o", "addopts=", "test_grouped.py"], cwd=tmp_path, capture_output=True,
+                       text=True, check=False, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    workers = (tmp_path / "workers").read_text().split()
+    assert len(workers) == 6 and len(set(workers)) == 1, workers
