@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -160,6 +161,65 @@ def test_stop_pid_applies_the_same_policy_to_a_daemon() -> None:
         assert time.monotonic() - start >= 0.5
         assert child.wait(5) == -9
         assert child.stdout.readline() == b"got TERM\n"
+
+
+# A command that starts a grandchild (as `chroot ROOT update-initramfs` starts mkinitramfs), writes
+# its pid, then waits for it; run through proc.run by a Python that turns SIGTERM into
+# KeyboardInterrupt, as the CLI does.
+FORKS = "sleep 300 & echo $! > {pidfile}; wait"
+RUN_UNTIL_TERM = """
+import signal, sys
+from imgsmith import proc
+def interrupt(signum, frame):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, interrupt)
+try:
+    proc.run(["sh", "-c", sys.argv[1]])
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def _wait_for_pid(pidfile: Path) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if pidfile.exists() and pidfile.read_text().strip():
+            return int(pidfile.read_text())
+        time.sleep(0.05)
+    raise AssertionError("the command never started its grandchild")
+
+
+def test_run_interrupted_or_timed_out_kills_what_the_command_started(tmp_path: Path) -> None:
+    """SIGTERM (or a timeout) during proc.run leaves nothing running: not the child, not its children."""
+    pidfile = tmp_path / "term.pid"
+    with subprocess.Popen([sys.executable, "-c", RUN_UNTIL_TERM, FORKS.format(pidfile=pidfile)]) as runner:
+        grandchild = _wait_for_pid(pidfile)
+        assert proc.pid_alive(grandchild)
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(30) == 130
+    assert not _running(grandchild)
+
+    pidfile = tmp_path / "timeout.pid"
+    start = time.monotonic()
+    with pytest.raises(ProcessError, match="sh timed out after 2 s"):
+        proc.run(["sh", "-c", FORKS.format(pidfile=pidfile)], timeout=2)
+    assert time.monotonic() - start < 30
+    assert not _running(_wait_for_pid(pidfile))
+
+
+def _running(pid: int) -> bool:
+    """Still alive 5 s on (a SIGKILL lands asynchronously), and not a zombie waiting for PID 1 to
+    reap it (a zombie runs nothing and holds no mount)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        if state == "Z":
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")

@@ -87,22 +87,30 @@ def run(
     args = [os.fspath(a) for a in argv]
     log.debug("run: %s", format_argv(args, secrets))
     try:
-        proc = subprocess.run(
+        # Its own process group: an interrupted run kills what the child started too (a chroot's
+        # update-initramfs forks mkinitramfs, which would otherwise go on inside the mounted tree).
+        child = subprocess.Popen(
             args,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
             env=_environment(env),
             cwd=cwd,
-            timeout=timeout,
-            check=False,
+            process_group=0,
         )
     except FileNotFoundError as exc:
         raise _not_found(args) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise ProcessError(f"{os.path.basename(args[0])} timed out after {timeout:.0f} s",
-                           argv=args) from exc
+    with child:
+        try:
+            stdout, stderr = child.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            _kill_group(child)
+            raise ProcessError(f"{os.path.basename(args[0])} timed out after {timeout:.0f} s",
+                               argv=args) from exc
+        except BaseException:  # KeyboardInterrupt (SIGINT, or SIGTERM via the CLI's handler) and the rest
+            _kill_group(child)
+            raise
+    proc = subprocess.CompletedProcess(args, child.returncode, stdout, stderr)
     out = (proc.stdout or b"").decode("utf-8", "replace")
     err = (proc.stderr or b"").decode("utf-8", "replace")
     for secret in secrets:
@@ -112,6 +120,17 @@ def run(
         raise ProcessError(_describe_failure(args, proc.returncode, err), argv=args,
                            returncode=proc.returncode, stderr=err)
     return Completed(args, proc.returncode, out, err)
+
+
+def _kill_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL *child*'s process group (it leads one: ``process_group=0``) and reap the child.
+
+    What subprocess.run does to the child alone, extended to everything it started; a
+    grandchild that left the group (a daemon) is its own owner's business.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
