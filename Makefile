@@ -14,7 +14,7 @@ demo: setup
 	@scripts/demo.sh
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadgroup -p no:cacheprovider --durations=30 tests
+	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder -p no:cacheprovider --durations=30 tests
 
 # The arm64 tests alone (`make test` runs them too, first): bootstrap under qemu-user when not cached,
 # customize through the chroot backend, boot under AAVMF. ≈ 13 CPU-minutes cold here (docs/decisions.md).
