@@ -5,6 +5,7 @@ And the one property of the test toolchain the suite's time budget rests on: xdi
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -75,9 +76,11 @@ def test_xdist_groups_keep_their_tests_on_one_worker(tmp_path: Path) -> None:
         def test_free(n):
             time.sleep(0.1)
         """))
+    # the inner run is a fresh one: not this worker's, and without options given to the outer run
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist",
                         "loadgroup", "-o", "addopts=", "test_grouped.py"], cwd=tmp_path, capture_output=True,
-                       text=True, check=False, timeout=300)
+                       text=True, check=False, timeout=300, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     workers = (tmp_path / "workers").read_text().split()
     assert len(workers) == 6 and len(set(workers)) == 1, workers
