@@ -110,16 +110,15 @@ def run(
         except BaseException:  # KeyboardInterrupt (SIGINT, or SIGTERM via the CLI's handler) and the rest
             _kill_group(child)
             raise
-    proc = subprocess.CompletedProcess(args, child.returncode, stdout, stderr)
-    out = (proc.stdout or b"").decode("utf-8", "replace")
-    err = (proc.stderr or b"").decode("utf-8", "replace")
+    out = (stdout or b"").decode("utf-8", "replace")
+    err = (stderr or b"").decode("utf-8", "replace")
     for secret in secrets:
         if secret:
             out, err = out.replace(secret, "***"), err.replace(secret, "***")
-    if check and proc.returncode != 0:
-        raise ProcessError(_describe_failure(args, proc.returncode, err), argv=args,
-                           returncode=proc.returncode, stderr=err)
-    return Completed(args, proc.returncode, out, err)
+    if check and child.returncode != 0:
+        raise ProcessError(_describe_failure(args, child.returncode, err), argv=args,
+                           returncode=child.returncode, stderr=err)
+    return Completed(args, child.returncode, out, err)
 
 
 def _kill_group(child: subprocess.Popen[bytes]) -> None:
