@@ -158,10 +158,10 @@ def _loops_backed_by(path_part: str) -> list[str]:
     return [ln for ln in out.splitlines() if path_part in ln]
 
 
-def _start_slow_customize(disk: Path) -> subprocess.Popen[str]:
+def _start_slow_customize(disk: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     proc = subprocess.Popen([*IMGSMITH, "customize", "-a", str(disk), "--backend", "chroot",
                              "--write", "/etc/motd:changed", "--run-command", "sleep 120"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=PRIVATE_ENV)
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     assert proc.stderr is not None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -177,20 +177,25 @@ def _start_slow_customize(disk: Path) -> subprocess.Popen[str]:
 
 @pytest.mark.guest
 @ROOT_ONLY
-def test_sigterm_unwinds_and_kill9_is_swept_by_the_next_run(fresh_guest: Callable[..., Path]) -> None:
+def test_sigterm_unwinds_and_kill9_is_swept_by_the_next_run(fresh_guest: Callable[..., Path],
+                                                            tmp_path: Path) -> None:
     disk = fresh_guest("debian12")
     before = sha256_file(disk)
+    scratch = tmp_path / "scratch"  # where the disk's overlay lives
+    scratch.mkdir()
+    env = {**PRIVATE_ENV, "IMGSMITH_TMPDIR": str(scratch)}
 
     # SIGTERM: exit 130, nothing committed, every mount/loop/daemon released on the way out.
-    proc = _start_slow_customize(disk)
+    proc = _start_slow_customize(disk, env)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted; nothing was committed" in err
     assert _sessions_of(proc.pid) == [] and _loops_backed_by(f"/{proc.pid}-") == []
     assert sha256_file(disk) == before
+    assert list(scratch.iterdir()) == []
 
-    # kill -9: the session's record and its mounts survive imgsmith...
-    proc = _start_slow_customize(disk)
+    # kill -9: the session's record, its mounts and the overlay survive imgsmith...
+    proc = _start_slow_customize(disk, env)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.stderr is not None
@@ -203,12 +208,16 @@ def test_sigterm_unwinds_and_kill9_is_swept_by_the_next_run(fresh_guest: Callabl
     loop = next(w for k, w in state["resources"] if k == "loop")
     daemon_pid = int(next(w for k, w in state["resources"] if k == "daemon"))
     assert sha256_file(disk) == before  # the overlay was never committed
+    [left] = scratch.iterdir()
+    assert (left / "overlay.qcow2").is_file()
 
     # ...and the next chroot run, any run, releases them before it starts.
     r = subprocess.run([*IMGSMITH, "customize", "-a", str(disk), "--backend", "chroot", "--touch", "/after"],
-                       capture_output=True, text=True, check=False, env=PRIVATE_ENV)
+                       capture_output=True, text=True, check=False, env=env)
     assert r.returncode == 0, r.stderr
     assert f"cleaning up after an imgsmith (pid {proc.pid}) that did not exit cleanly" in r.stderr
+    assert f"removed {left} (" in r.stderr and f"(pid {proc.pid}) that did not exit cleanly" in r.stderr
+    assert list(scratch.iterdir()) == []
     assert _sessions_of(proc.pid) == []
     assert not [ln for ln in _loops_backed_by(loop) if ln.startswith(f"{loop}:")]
     # Gone, or exited and waiting for PID 1 to reap it (a zombie holds nothing), or the pid reused.

@@ -14,7 +14,7 @@ import pytest
 
 from imgsmith import proc
 from imgsmith.errors import ProcessError
-from imgsmith.host.files import atomic_write, file_digest, file_lock, sha256_file, try_file_lock
+from imgsmith.host.files import atomic_write, file_digest, file_lock, scratch_dir, sha256_file, try_file_lock
 
 HOLD_LOCK = """
 import sys, time
@@ -80,6 +80,55 @@ def test_lock_survives_its_file_being_removed_by_the_holder(tmp_path: Path) -> N
         assert lock.exists()
         with try_file_lock(lock) as free:
             assert not free
+
+
+HOLD_SCRATCH = """
+import sys, time
+from pathlib import Path
+from imgsmith.host.files import scratch_dir
+with scratch_dir("imgsmith-", Path(sys.argv[1])) as work:
+    (work / "overlay.qcow2").write_bytes(bytes(3 << 20))
+    print(work, flush=True)
+    time.sleep(60)
+"""
+
+
+def _scratch_holder(parent: Path) -> tuple[subprocess.Popen[str], Path]:
+    child = subprocess.Popen([sys.executable, "-c", HOLD_SCRATCH, parent], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    return child, Path(child.stdout.readline().strip())
+
+
+def test_scratch_dir_left_by_kill9_is_removed_by_the_next_one_and_nothing_else_is(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    killed, dead = _scratch_holder(tmp_path)
+    alive, live = _scratch_holder(tmp_path)
+    try:
+        killed.kill()
+        killed.wait()
+        killed.stdout.close()  # type: ignore[union-attr]
+        assert (dead / "overlay.qcow2").stat().st_size == 3 << 20  # SIGKILL: nothing ran to remove it
+        stranger = tmp_path / "imgsmith-someone-elses"  # same prefix, but not a scratch_dir
+        stranger.mkdir()
+        (stranger / "keep").write_text("mine")
+        (tmp_path / "imgsmith-link").symlink_to(dead)
+        with caplog.at_level("WARNING", logger="imgsmith.host.files"), scratch_dir("imgsmith-", tmp_path) as work:
+            assert work.is_dir() and work.name.startswith("imgsmith-")
+            assert not dead.exists()
+            assert (live / "overlay.qcow2").exists()  # its owner still runs
+            assert (stranger / "keep").read_text() == "mine"
+        assert not work.exists()
+        assert [r.getMessage() for r in caplog.records] == [
+            f"removed {dead} (3 MiB) left by an imgsmith (pid {killed.pid}) that did not exit cleanly"]
+    finally:
+        for child in (killed, alive):
+            child.terminate()
+            child.wait()
+            child.stdout.close()  # type: ignore[union-attr]
+    assert live.exists()  # SIGTERM without a handler: its owner died uncleanly too, until the next sweep
+    with scratch_dir("imgsmith-", tmp_path):
+        assert not live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgsmith-link", "imgsmith-someone-elses"]
 
 
 def test_file_digest_hashes_holes_as_zeros(tmp_path: Path) -> None:

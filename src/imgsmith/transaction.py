@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from .guest import appliance
 from .guest.api import OSInfo
 from .guest.session import SessionOptions, open_guest
 from .host import accel
-from .host.files import try_file_lock
+from .host.files import scratch_dir, try_file_lock
 from .ops.base import ApplyContext, Settings
 
 __all__ = ["DiskInfo", "DiskResult", "apply_to_disk", "commit", "disk_info", "overlay"]
@@ -66,10 +65,10 @@ def _exclusive(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def overlay(disk: DiskInfo, *, workdir: Path | None = None) -> Iterator[Path]:
-    """A throw-away qcow2 overlay over *disk*; deleted on exit whatever happens."""
+    """A throw-away qcow2 overlay over *disk*; deleted on exit whatever happens (by the next run after kill -9)."""
     base = workdir or Path(os.environ.get("IMGSMITH_TMPDIR") or os.environ.get("TMPDIR") or "/var/tmp")
-    with _exclusive(disk.path), tempfile.TemporaryDirectory(prefix="imgsmith-", dir=base) as tmp:
-        top = Path(tmp) / "overlay.qcow2"
+    with _exclusive(disk.path), scratch_dir("imgsmith-", base) as tmp:
+        top = tmp / "overlay.qcow2"
         qemuimg.create_overlay(disk.path, disk.format, top)
         yield top
 

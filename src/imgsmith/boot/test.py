@@ -40,6 +40,7 @@ from ..disk import qemuimg
 from ..errors import GuestError, ProcessError, UsageError
 from ..host import accel as accel_mod
 from ..host.accel import Accelerator
+from ..host.files import scratch_dir
 from . import seed as seed_mod
 from .console import BOOT_STAGES, ConsoleParser, ConsoleState, ConsoleWatcher, Stage
 from .datasource import Datasource, Platform, datasource_for
@@ -537,8 +538,7 @@ def boot_test(image: Path, fmt: str | None = None, *, checks: Sequence[Check] = 
         timeout_scale *= ARM64_TCG_FACTOR
     limits = timeouts or Timeouts.for_accelerator(verdict.name, timeout_scale)
     say(f"accelerator: {verdict.name} ({verdict.reason}); {machine.arch} with {machine.firmware} firmware")
-    with tempfile.TemporaryDirectory(prefix="imgsmith-boot-", dir=workdir) as tmpdir:
-        tmp = Path(tmpdir)
+    with scratch_dir("imgsmith-boot-", workdir) as tmp:  # its overlay: swept by the next boot after kill -9
         overlay = image if in_place else tmp / "overlay.qcow2"
         if not in_place:
             qemuimg.create_overlay(image, fmt, overlay)

@@ -220,12 +220,12 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _verify_remote(args: argparse.Namespace) -> int:
-    import tempfile
+    from ..host.files import scratch_dir
     remote = _remote(args)
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="imgsmith-verify-") as work:
+    with scratch_dir("imgsmith-verify-") as work:  # downloads whole entries: swept after kill -9
         for key, entry, why in remote.entries():
-            problem = why if entry is None else remote.verify(entry, Path(work))
+            problem = why if entry is None else remote.verify(entry, work)
             results.append({"key": key, "kind": entry.kind if entry else None, "ok": problem is None,
                             "problem": problem})
     bad = [r for r in results if not r["ok"]]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -19,8 +21,10 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+log = logging.getLogger("imgsmith.host.files")
+
 __all__ = ["atomic_write", "file_digest", "file_lock", "fsync_dir", "fsync_file", "hash_into",
-           "partial_dir", "sha256_file", "try_file_lock", "write_sha256_file"]
+           "partial_dir", "scratch_dir", "sha256_file", "sweep_scratch", "try_file_lock", "write_sha256_file"]
 
 _CHUNK = 1 << 20
 # 1 MiB: hashlib releases the GIL on anything over 2 KiB and sha256 runs at a few hundred MB/s,
@@ -153,6 +157,86 @@ def partial_dir(dest: Path) -> Iterator[Path]:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+_OWNER = ".imgsmith-owner"
+"""The lock file inside a :func:`scratch_dir`: flocked by its owner for the directory's whole life."""
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, base: Path | None = None) -> Iterator[Path]:
+    """A private work directory ``PREFIX-XXXXXXXX`` under *base* (the temp dir if None), removed on
+    the way out; one left by an owner killed with SIGKILL is removed by the next one made there.
+
+    A TemporaryDirectory cannot clean up after kill -9, and the directories imgsmith works in hold
+    gigabytes (a disk's overlay, a boot's overlay, a downloaded cache entry). So each one holds an
+    flock on a file inside it for as long as it lives: the kernel drops the lock when its owner
+    dies, whoever that owner was, and a free lock is the proof that nobody uses the directory any
+    more. That works for any user, without a registry of sessions (the chroot backend's records
+    need root; these directories do not).
+    """
+    parent = base if base is not None else Path(tempfile.gettempdir())
+    sweep_scratch(parent, prefix)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        fd = os.open(work / _OWNER, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else can hold it
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the lock is held until the tree is gone
+        os.close(fd)
+
+
+def sweep_scratch(parent: Path, prefix: str) -> list[Path]:
+    """Remove the :func:`scratch_dir` directories ``PREFIX*`` in *parent* whose owner is gone; returns them.
+
+    Only directories of this user that hold a free owner lock are touched: another user's, a live
+    one, one a stranger made with the same prefix, or one whose lock file is not written yet are
+    all left alone.
+    """
+    swept: list[Path] = []
+    try:
+        candidates = sorted(parent.glob(f"{glob.escape(prefix)}*"))
+    except OSError:
+        return swept
+    for work in candidates:
+        try:
+            st = work.lstat()
+            if not os.path.isdir(work) or work.is_symlink() or st.st_uid != os.geteuid():
+                continue
+            fd = os.open(work / _OWNER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its owner is alive
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            size = _tree_bytes(work)
+            shutil.rmtree(work, ignore_errors=True)
+            if not work.exists():
+                log.warning("removed %s (%d MiB) left by an imgsmith (pid %s) that did not exit cleanly",
+                            work, size >> 20, owner)
+                swept.append(work)
+        finally:
+            os.close(fd)
+    return swept
+
+
+def _tree_bytes(top: Path) -> int:
+    """Allocated bytes under *top* (what removing it gives back), for the sweep's message."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
 
 
 # --- hashing -------------------------------------------------------------------------------------
