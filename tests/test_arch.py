@@ -95,6 +95,61 @@ def test_amd64_hybrid_layout_and_guest_offline() -> None:
         assert len(list((root / "boot").glob("initrd.img-*"))) == 1
 
 
+def _esp_tree(disk: Path, tmp: Path) -> dict[str, bytes | None]:
+    """Every path in *disk*'s ESP (``None`` for a directory, else the file's bytes), read with mtools."""
+    esp = read_layout(disk, "qcow2").esp
+    assert esp is not None
+    image = tmp / "esp.img"
+    subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=512", f"skip={esp.start // 512}",
+                    f"count={esp.size // 512}", f"if={disk}", f"of={image}"], check=True, capture_output=True)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    listing = subprocess.run(["mdir", "-/", "-a", "-b", "-i", image, "::/"], check=True, capture_output=True,
+                             text=True, env=env).stdout.split()
+    tree: dict[str, bytes | None] = {}
+    for entry in listing:
+        path = entry.removeprefix("::")
+        tree[path.rstrip("/")] = None if path.endswith("/") else subprocess.run(
+            ["mtype", "-i", image, f"::{path}"], check=True, capture_output=True, env=env).stdout
+    image.unlink()
+    return tree
+
+
+@pytest.mark.xdist_group("arch-amd64")
+def test_chroot_backend_reads_and_writes_the_esp_without_vfat(tmp_path: Path) -> None:
+    """This host's kernel has no vfat: the chroot backend mirrors /boot/efi with mtools and writes the
+    steps' changes back into the ESP itself, not into the root filesystem under it (guest/vfat.py)."""
+    image = _bootstrap(BootstrapSpec())
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image, disk], check=True)
+    before = _esp_tree(disk, tmp_path)
+    assert before["/EFI/BOOT/BOOTX64.EFI"], before
+
+    def customize(*ops: str) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([*IMGSMITH, "customize", "-v", "-a", str(disk), "--backend", "chroot", *ops],
+                           check=False, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    r = customize("--mkdir", "/boot/efi/EFI/imgsmith/sub",
+                  "--write", "/boot/efi/EFI/imgsmith/note.txt:from the first session",
+                  "--write", "/boot/efi/EFI/imgsmith/sub/gone.txt:removed by the second",
+                  "--run-command", "ls /boot/efi/EFI/BOOT > /root/esp-seen; ln -s note.txt /boot/efi/EFI/link")
+    assert "this host's kernel cannot mount vfat, so its files are copied into a tmpfs with mtools" in r.stderr
+    assert "/boot/efi: wrote 4 change(s) back into /dev/sda2 (vfat) with mtools" in r.stderr, r.stderr
+    assert "/boot/efi/EFI/link: not a regular file or directory, which FAT cannot hold" in r.stderr
+    # the second session sees what the first wrote, removes a tree and rewrites a file
+    customize("--run-command", "cat /boot/efi/EFI/imgsmith/note.txt > /root/note-seen",
+              "--delete", "/boot/efi/EFI/imgsmith/sub",
+              "--write", "/boot/efi/EFI/imgsmith/note.txt:rewritten")
+
+    after = _esp_tree(disk, tmp_path)
+    assert after == {**before, "/EFI/imgsmith": None, "/EFI/imgsmith/note.txt": b"rewritten"}
+    with host_mounted(disk, "qcow2") as root:
+        assert list((root / "boot/efi").iterdir()) == []  # nothing landed under the mountpoint
+        assert (root / "root/esp-seen").read_text() == "BOOTX64.EFI\n"
+        assert (root / "root/note-seen").read_text() == "from the first session"
+
+
 @pytest.mark.xdist_group("arch-amd64")
 def test_amd64_secure_boot_boots_with_secure_boot_on(tmp_path: Path) -> None:
     image = _bootstrap(BootstrapSpec(firmware="uefi", secure_boot=True))

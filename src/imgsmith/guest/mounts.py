@@ -34,6 +34,7 @@ from .treeinspect import (
     looks_like_root,
     mount_order,
 )
+from .vfat import VfatMirror
 
 __all__ = ["ChrootDevices", "check_supported", "mount_guest", "mount_partition"]
 
@@ -112,14 +113,17 @@ def _probe(session: Session, device: BlockDevice,
     return probe
 
 
-def _mount_rest(session: Session, root: Path, info: OSInfo, by_name: dict[str, Partition],
+def _mount_rest(session: Session, guest: ChrootGuest, info: OSInfo, by_name: dict[str, Partition],
                 device: BlockDevice) -> None:
+    root = guest.root
     others = {p.name: p for p in device.partitions}
     for mp, name in mount_order(info.mountpoints):
         sub = by_name.get(name)
-        if sub is None and name in others:  # an ESP (vfat): this host's kernel has no vfat
-            log.warning("/etc/fstab: %s (%s, %s) not mounted: the chroot backend mounts Linux filesystems only, "
-                        "so a step's writes under %s stay in the root filesystem", mp, name,
+        if sub is None and name in others and others[name].fstype == "vfat":
+            sub = others[name]  # the ESP
+        if sub is None and name in others:
+            log.warning("/etc/fstab: %s (%s, %s) not mounted: the chroot backend mounts Linux filesystems and FAT "
+                        "only, so a step's writes under %s stay in the root filesystem", mp, name,
                         others[name].fstype or "unknown filesystem", mp)
             continue
         if sub is None:
@@ -129,7 +133,29 @@ def _mount_rest(session: Session, root: Path, info: OSInfo, by_name: dict[str, P
         if not target.is_dir():
             log.warning("/etc/fstab: mountpoint %s does not exist in the guest; %s not mounted", mp, sub.name)
             continue
-        _mount(session, sub, target)
+        if sub.fstype == "vfat":
+            _mount_fat(session, sub, target, mp, guest.vfat_mirrors)
+        else:
+            _mount(session, sub, target)
+
+
+def _modprobe(module: str) -> bool:
+    try:
+        return proc.run(["modprobe", "-q", module], check=False).returncode == 0
+    except ProcessError:  # no modprobe at all (a container)
+        return False
+
+
+def _mount_fat(session: Session, part: Partition, target: Path, mountpoint: str, mirrors: list[VfatMirror]) -> None:
+    """The ESP: the kernel's vfat where it has one (loaded on demand by mount), else a mtools mirror."""
+    if _kernel_has("vfat") or _modprobe("vfat"):
+        try:
+            _mount(session, part, target, "umask=0077")
+        except GuestError as exc:
+            log.debug("%s; copying it with mtools instead", exc.message)
+        else:
+            return
+    mirrors.append(VfatMirror.attach(session, part, target, mountpoint))
 
 
 def mount_partition(session: Session, part: Partition, target: Path) -> None:
@@ -178,7 +204,7 @@ def mount_guest(session: Session, device: BlockDevice, *, root_choice: str = "si
                                                devices)}
         info = roots[choose_root(list(roots), root_choice, lambda r: roots[r].product_name)]
         _mount(session, by_name[info.root], root)
-    _mount_rest(session, root, info, by_name, device)
+    _mount_rest(session, guest, info, by_name, device)
     guest.os = complete(info, guest) if known is not None or mount_order(info.mountpoints) else info
     host = _HOST_ARCH.get(platform.machine(), platform.machine())
     if guest.os.arch not in ("unknown", host):

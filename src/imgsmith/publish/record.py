@@ -15,9 +15,10 @@ matching says "already published" without importing an SDK or sending a request
 * ``quick``: the same judgement made without loading the definition (pydantic and the
   operations registry cost most of a republish's start-up): the sha256 of the definition's
   text and overrides (the manifest's "definition hash"), the destination's name, the same
-  artifact and environment, and today's date when a name uses ``{date}``. An identical
-  definition text resolves to the identical entry, so a matching ``quick`` implies a matching
-  ``fingerprint``; any edit of the file falls back to the fingerprint.
+  artifact and environment, today's date when a name uses ``{date}``, and imgsmith's version.
+  An identical definition text read by the same imgsmith resolves to the identical entry, so a
+  matching ``quick`` implies a matching ``fingerprint``; any edit of the file, or an upgrade
+  (whose defaults may resolve the same text differently), falls back to the fingerprint.
 
 This module imports nothing heavy: it runs before the definition is loaded.
 """
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import __version__
 from ..errors import UsageError
 from ..manifest import MANIFEST, read_manifest
 
@@ -81,7 +83,7 @@ def today() -> str:
 def quick_key(*, definition: str, name: str, kind: str, output: str, sha256: str, dated: bool,
               environ: dict[str, str] | None = None) -> str:
     parts = {"definition": definition, "name": name, "kind": kind, "output": output, "sha256": sha256,
-             "env": env_digest(kind, environ), "date": today() if dated else ""}
+             "env": env_digest(kind, environ), "date": today() if dated else "", "imgsmith": __version__}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
