@@ -70,6 +70,14 @@ class VfatMirror:
         size = int(proc.run(["blockdev", "--getsize64", part.device]).stdout)
         proc.run(["mount", "-t", "tmpfs", "-o", f"size={max(size, 1 << 20)},mode=0700", "tmpfs", target])
         session.push("mount", str(target))
+        mirror = cls.load(part, target, mountpoint)
+        log.info("%s (%s, vfat): this host's kernel cannot mount vfat, so its files are copied into a tmpfs "
+                 "with mtools and written back after the steps", mountpoint, part.name)
+        return mirror
+
+    @classmethod
+    def load(cls, part: Partition, target: Path, mountpoint: str) -> VfatMirror:
+        """Copy the partition's files into the empty directory *target* and remember them as they were."""
         try:
             listing = proc.run(["mdir", "-a", "-b", "-i", part.device, "::/"], env=_ENV).stdout
             top = [line.rstrip("/") for line in listing.splitlines() if line.startswith("::/")]
@@ -77,8 +85,6 @@ class VfatMirror:
                 proc.run(["mcopy", "-s", "-m", "-n", "-Q", "-i", part.device, *top, f"{target}/"], env=_ENV)
         except ProcessError as exc:
             raise GuestError(f"{mountpoint}: could not read {part.name} (vfat) with mtools: {exc.message}") from None
-        log.info("%s (%s, vfat): this host's kernel cannot mount vfat, so its files are copied into a tmpfs "
-                 "with mtools and written back after the steps", mountpoint, part.name)
         return cls(part, mountpoint, target, _snapshot(target))
 
     def write_back(self) -> int:
@@ -88,19 +94,19 @@ class VfatMirror:
             if kind == _OTHER and self.before.get(rel) != _OTHER:
                 log.warning("%s/%s: not a regular file or directory, which FAT cannot hold; not written to %s",
                             self.mountpoint, rel, self.part.name)
-        gone = [rel for rel, kind in self.before.items() if kind != _OTHER and after.get(rel) != kind]
+        # removed, or a file that became a directory or back; what became a symlink stays as it was
+        gone = {rel for rel, kind in self.before.items()
+                if rel not in after or (after[rel] != _OTHER and (after[rel] == _DIR) != (kind == _DIR))}
+        gone_dirs = sorted(r for r in gone if self.before[r] == _DIR)
+        removals = sorted(r for r in gone if not any(r.startswith(f"{d}/") for d in gone_dirs))
         new_dirs = sorted((rel for rel, kind in after.items() if kind == _DIR and self.before.get(rel) != _DIR),
-                          key=lambda r: r.count("/"))
+                          key=lambda r: (r.count("/"), r))
         files = sorted(rel for rel, kind in after.items()
                        if kind not in (_DIR, _OTHER) and self.before.get(rel) != kind)
-        gone_files = [r for r in gone if self.before[r] != _DIR]
-        gone_dirs = sorted((r for r in gone if self.before[r] == _DIR), key=lambda r: -r.count("/"))
         dev, changes = self.part.device, 0
         try:
-            if gone_files:
-                self._mtools(["mdel", "-i", dev, *(f"::/{r}" for r in gone_files)])
-            if gone_dirs:
-                self._mtools(["mdeltree", "-i", dev, *(f"::/{r}" for r in gone_dirs if not self._under(r, gone_dirs))])
+            if removals:  # mdeltree removes a file or a whole directory
+                self._mtools(["mdeltree", "-i", dev, *(f"::/{r}" for r in removals)])
             if new_dirs:
                 self._mtools(["mmd", "-i", dev, *(f"::/{r}" for r in new_dirs)])
             for rel in files:
@@ -113,11 +119,6 @@ class VfatMirror:
             log.info("%s: wrote %d change(s) back into %s (vfat) with mtools", self.mountpoint, changes,
                      self.part.name)
         return changes
-
-    @staticmethod
-    def _under(rel: str, dirs: list[str]) -> bool:
-        """*rel* lies inside another of *dirs* (removing that one removes it too)."""
-        return any(rel.startswith(f"{d}/") for d in dirs)
 
     @staticmethod
     def _mtools(argv: list[str | Path]) -> None:

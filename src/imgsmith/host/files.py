@@ -165,7 +165,7 @@ _OWNER = ".imgsmith-owner"
 
 @contextlib.contextmanager
 def scratch_dir(prefix: str, base: Path | None = None) -> Iterator[Path]:
-    """A private work directory ``PREFIX-XXXXXXXX`` under *base* (the temp dir if None), removed on
+    """A private work directory ``PREFIX`` + 8 random characters under *base* (the temp dir if None), removed on
     the way out; one left by an owner killed with SIGKILL is removed by the next one made there.
 
     A TemporaryDirectory cannot clean up after kill -9, and the directories imgsmith works in hold
@@ -217,6 +217,11 @@ def sweep_scratch(parent: Path, prefix: str) -> list[Path]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # its owner is alive
+            try:
+                if os.stat(work / _OWNER).st_ino != os.fstat(fd).st_ino:
+                    continue
+            except FileNotFoundError:
+                continue  # its owner removed it, and let go of the lock, as we looked
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             size = _tree_bytes(work)
             shutil.rmtree(work, ignore_errors=True)
