@@ -124,8 +124,8 @@ def test_chroot_backend_reads_and_writes_the_esp_without_vfat(tmp_path: Path) ->
     before = _esp_tree(disk, tmp_path)
     assert before["/EFI/BOOT/BOOTX64.EFI"], before
 
-    def customize(*ops: str) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([*IMGSMITH, "customize", "-v", "-a", str(disk), "--backend", "chroot", *ops],
+    def customize(*ops: str, command: str = "customize") -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([*IMGSMITH, command, "-v", "-a", str(disk), "--backend", "chroot", *ops],
                            check=False, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         return r
@@ -141,9 +141,14 @@ def test_chroot_backend_reads_and_writes_the_esp_without_vfat(tmp_path: Path) ->
     customize("--run-command", "cat /boot/efi/EFI/imgsmith/note.txt > /root/note-seen",
               "--delete", "/boot/efi/EFI/imgsmith/sub",
               "--write", "/boot/efi/EFI/imgsmith/note.txt:rewritten")
+    # sysprep unmounts everything before its device operations: the mirror is written back then,
+    # and the ESP must not look emptied to it (it once did: the whole ESP was deleted)
+    r = customize("--write", "/boot/efi/EFI/imgsmith/sysprep.txt:written by sysprep", command="sysprep")
+    assert "/boot/efi: wrote 1 change(s) back into /dev/sda2 (vfat) with mtools" in r.stderr, r.stderr
 
     after = _esp_tree(disk, tmp_path)
-    assert after == {**before, "/EFI/imgsmith": None, "/EFI/imgsmith/note.txt": b"rewritten"}
+    assert after == {**before, "/EFI/imgsmith": None, "/EFI/imgsmith/note.txt": b"rewritten",
+                     "/EFI/imgsmith/sysprep.txt": b"written by sysprep"}
     with host_mounted(disk, "qcow2") as root:
         assert list((root / "boot/efi").iterdir()) == []  # nothing landed under the mountpoint
         assert (root / "root/esp-seen").read_text() == "BOOTX64.EFI\n"

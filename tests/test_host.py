@@ -131,6 +131,39 @@ def test_scratch_dir_left_by_kill9_is_removed_by_the_next_one_and_nothing_else_i
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgsmith-link", "imgsmith-someone-elses"]
 
 
+def test_session_flushes_before_an_orderly_release_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resource's flush (the ESP mirror's write-back) runs when the session releases it in order,
+    and is skipped when the session unwinds after a failure; a failing flush still releases."""
+    import imgsmith.host.rollback as rollback
+    monkeypatch.setattr(rollback, "RUN_DIR", tmp_path / "sessions")  # where this test's records go
+    flushed: list[str] = []
+
+    def resource(session: rollback.Session, name: str, fail: bool = False) -> Path:
+        path = tmp_path / name
+        path.write_text("held")
+
+        def flush() -> None:
+            flushed.append(name)
+            if fail:
+                raise OSError(f"{name}: disk full")
+        session.push("path", str(path), flush=flush)
+        return path
+
+    session = rollback.Session("test")
+    a, b = resource(session, "a"), resource(session, "b", fail=True)
+    with pytest.raises(OSError, match="b: disk full"):
+        session.pop_while("path")
+    assert flushed == ["b"] and not b.exists() and a.exists()  # released all the same, then raised
+    session.pop_while("path")
+    assert flushed == ["b", "a"] and not a.exists()
+
+    with pytest.raises(RuntimeError), rollback.Session("failing").held() as failing:
+        c = resource(failing, "c")
+        raise RuntimeError("a step failed")
+    assert flushed == ["b", "a"] and not c.exists()  # unwound without the flush
+    session.close()
+
+
 def test_file_digest_hashes_holes_as_zeros(tmp_path: Path) -> None:
     path = tmp_path / "sparse"
     with path.open("wb") as f:

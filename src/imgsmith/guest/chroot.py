@@ -33,7 +33,6 @@ from ..host.rollback import Session
 from .api import Guest, OSInfo, PartitionInfo, Stat
 from .blockdev import BlockDevice, Partition
 from .sandbox import bwrap_argv, guarded_files
-from .vfat import VfatMirror
 
 __all__ = ["ChrootGuest", "ChrootUnsupported", "resolve_in_root"]
 
@@ -103,7 +102,6 @@ class ChrootGuest(Guest):
         self.device = device
         self.session = session
         self._network = network
-        self.vfat_mirrors: list[VfatMirror] = []  # FAT mountpoints copied with mtools (guest/vfat.py)
         if os_info is not None:
             self.os = os_info
 

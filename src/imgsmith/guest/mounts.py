@@ -113,9 +113,8 @@ def _probe(session: Session, device: BlockDevice,
     return probe
 
 
-def _mount_rest(session: Session, guest: ChrootGuest, info: OSInfo, by_name: dict[str, Partition],
+def _mount_rest(session: Session, root: Path, info: OSInfo, by_name: dict[str, Partition],
                 device: BlockDevice) -> None:
-    root = guest.root
     others = {p.name: p for p in device.partitions}
     for mp, name in mount_order(info.mountpoints):
         sub = by_name.get(name)
@@ -134,7 +133,7 @@ def _mount_rest(session: Session, guest: ChrootGuest, info: OSInfo, by_name: dic
             log.warning("/etc/fstab: mountpoint %s does not exist in the guest; %s not mounted", mp, sub.name)
             continue
         if sub.fstype == "vfat":
-            _mount_fat(session, sub, target, mp, guest.vfat_mirrors)
+            _mount_fat(session, sub, target, mp)
         else:
             _mount(session, sub, target)
 
@@ -146,7 +145,7 @@ def _modprobe(module: str) -> bool:
         return False
 
 
-def _mount_fat(session: Session, part: Partition, target: Path, mountpoint: str, mirrors: list[VfatMirror]) -> None:
+def _mount_fat(session: Session, part: Partition, target: Path, mountpoint: str) -> None:
     """The ESP: the kernel's vfat where it has one (loaded on demand by mount), else a mtools mirror."""
     if _kernel_has("vfat") or _modprobe("vfat"):
         try:
@@ -155,7 +154,7 @@ def _mount_fat(session: Session, part: Partition, target: Path, mountpoint: str,
             log.debug("%s; copying it with mtools instead", exc.message)
         else:
             return
-    mirrors.append(VfatMirror.attach(session, part, target, mountpoint))
+    VfatMirror.attach(session, part, target, mountpoint)  # written back when unmounted in order
 
 
 def mount_partition(session: Session, part: Partition, target: Path) -> None:
@@ -204,7 +203,7 @@ def mount_guest(session: Session, device: BlockDevice, *, root_choice: str = "si
                                                devices)}
         info = roots[choose_root(list(roots), root_choice, lambda r: roots[r].product_name)]
         _mount(session, by_name[info.root], root)
-    _mount_rest(session, guest, info, by_name, device)
+    _mount_rest(session, root, info, by_name, device)
     guest.os = complete(info, guest) if known is not None or mount_order(info.mountpoints) else info
     host = _HOST_ARCH.get(platform.machine(), platform.machine())
     if guest.os.arch not in ("unknown", host):

@@ -122,8 +122,6 @@ def _chroot(disk: Path, fmt: str, options: SessionOptions) -> Iterator[Guest]:
                             known=options.known)
         _describe(guest)
         yield guest
-        for mirror in guest.vfat_mirrors:  # only after the steps succeeded: a failure discards everything
-            mirror.write_back()
         for kind in ("mount", "loop", "daemon", "fuse"):  # flush in order: fs, loop, qcow2
             session.pop_while(kind)
         device.write_back()

@@ -6,8 +6,9 @@ the real ESP kept the old boot loader: a ``dnf update`` of shim or grub2-efi on 
 or a ``--copy-in`` of a new ``grub.cfg``, would then boot the old files. So the partition's files
 are copied with mtools into a tmpfs mounted at the mountpoint (sized like the partition, so a
 write that would not fit the ESP fails as it would on the ESP) and, after the steps and before
-anything is unmounted, the differences are written back with mtools: new directories, new and
-changed files, removals. FAT cannot hold symlinks, devices or owners, as a real vfat mount
+the tmpfs is unmounted in order (the session's end, or sysprep's unmount before its device
+operations), the differences are written back with mtools: new directories, new and changed
+files, removals. FAT cannot hold symlinks, devices or owners, as a real vfat mount
 cannot; a step that makes a symlink there gets a warning and the link is not written. A failed
 session writes nothing back (its overlay is discarded anyway).
 """
@@ -69,8 +70,11 @@ class VfatMirror:
         """Mount a tmpfs at *target* (recorded in *session*) and copy the partition's files into it."""
         size = int(proc.run(["blockdev", "--getsize64", part.device]).stdout)
         proc.run(["mount", "-t", "tmpfs", "-o", f"size={max(size, 1 << 20)},mode=0700", "tmpfs", target])
-        session.push("mount", str(target))
-        mirror = cls.load(part, target, mountpoint)
+        mirror = cls(part, mountpoint, target, {})
+        # Written back whenever the tmpfs is unmounted in order: at the end of the session, and
+        # also when sysprep unmounts everything before its device operations.
+        session.push("mount", str(target), flush=mirror.write_back)
+        mirror.before = cls.load(part, target, mountpoint).before
         log.info("%s (%s, vfat): this host's kernel cannot mount vfat, so its files are copied into a tmpfs "
                  "with mtools and written back after the steps", mountpoint, part.name)
         return mirror

@@ -96,7 +96,7 @@ class Session:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         self.dir = Path(f"{RUN_DIR}/{os.getpid()}-{time.monotonic_ns()}")
         self.dir.mkdir(mode=0o700)
-        self._stack: list[tuple[str, str, Callable[[], None] | None]] = []
+        self._stack: list[tuple[str, str, Callable[[], None] | None, Callable[[], object] | None]] = []
         self._state: dict[str, Any] = {"pid": os.getpid(), "label": label, "resources": []}
         self._save()
 
@@ -105,25 +105,39 @@ class Session:
         # cut either, and a killed process's page cache still reaches the next session's sweep.
         atomic_write(self.dir / "state.json", json.dumps(self._state), durable=False)
 
-    def push(self, kind: str, what: str, undo: Callable[[], None] | None = None) -> None:
-        """Record a resource just acquired; *undo* overrides :func:`release` for it."""
-        self._stack.append((kind, what, undo))
+    def push(self, kind: str, what: str, undo: Callable[[], None] | None = None, *,
+             flush: Callable[[], object] | None = None) -> None:
+        """Record a resource just acquired; *undo* overrides :func:`release` for it.
+
+        *flush* runs before an orderly release (:meth:`pop_while`: the end of a session that
+        worked, or sysprep unmounting everything for its device operations), never when
+        :meth:`close` unwinds after a failure: it is for work that only a good session wants,
+        like writing a mirrored FAT partition back (guest/vfat.py).
+        """
+        self._stack.append((kind, what, undo, flush))
         self._state["resources"].append([kind, what])
         self._save()
 
     def pop_while(self, kind: str) -> None:
-        """Release the newest resources while they are of *kind* (unmount everything before device work)."""
+        """Release the newest resources while they are of *kind* (unmount everything before device work).
+
+        A resource whose flush fails is still released; the failure propagates after that.
+        """
         while self._stack and self._stack[-1][0] == kind:
-            k, w, undo = self._stack.pop()
-            _undo(k, w, undo)
-            self._state["resources"].remove([k, w])
-            self._save()
+            k, w, undo, flush = self._stack.pop()
+            try:
+                if flush is not None:
+                    flush()
+            finally:
+                _undo(k, w, undo)
+                self._state["resources"].remove([k, w])
+                self._save()
 
     def close(self) -> None:
         """Unwind everything, newest first; keep going past failures and report the first one."""
         first: BaseException | None = None
         while self._stack:
-            k, w, undo = self._stack.pop()
+            k, w, undo, _flush = self._stack.pop()
             try:
                 _undo(k, w, undo)
             except BaseException as exc:
