@@ -38,7 +38,7 @@ _OTHER = "other"
 def _snapshot(top: Path) -> dict[str, str]:
     """Every path under *top* (relative, '/'-separated) -> ``dir``, ``other`` or its file's sha256."""
     found: dict[str, str] = {}
-    for dirpath, dirs, files in os.walk(top):
+    for dirpath, dirs, files in os.walk(top):  # symlinks to directories are listed, never entered
         rel_dir = os.path.relpath(dirpath, top)
         for name in dirs + files:
             path = os.path.join(dirpath, name)
@@ -52,7 +52,6 @@ def _snapshot(top: Path) -> dict[str, str]:
                     found[rel] = hashlib.file_digest(f, "sha256").hexdigest()
             else:
                 found[rel] = _OTHER
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(dirpath, d))]
     return found
 
 
@@ -74,22 +73,30 @@ class VfatMirror:
         # Written back whenever the tmpfs is unmounted in order: at the end of the session, and
         # also when sysprep unmounts everything before its device operations.
         session.push("mount", str(target), flush=mirror.write_back)
-        mirror.before = cls.load(part, target, mountpoint).before
+        mirror.copy_in()
         log.info("%s (%s, vfat): this host's kernel cannot mount vfat, so its files are copied into a tmpfs "
                  "with mtools and written back after the steps", mountpoint, part.name)
         return mirror
 
     @classmethod
     def load(cls, part: Partition, target: Path, mountpoint: str) -> VfatMirror:
-        """Copy the partition's files into the empty directory *target* and remember them as they were."""
+        """The mirror of *part* in the empty directory *target*, whatever is mounted there."""
+        mirror = cls(part, mountpoint, target, {})
+        mirror.copy_in()
+        return mirror
+
+    def copy_in(self) -> None:
+        """Copy the partition's files into the (empty) target and remember them as they were."""
+        dev = self.part.device
         try:
-            listing = proc.run(["mdir", "-a", "-b", "-i", part.device, "::/"], env=_ENV).stdout
+            listing = proc.run(["mdir", "-a", "-b", "-i", dev, "::/"], env=_ENV).stdout
             top = [line.rstrip("/") for line in listing.splitlines() if line.startswith("::/")]
             if top:
-                proc.run(["mcopy", "-s", "-m", "-n", "-Q", "-i", part.device, *top, f"{target}/"], env=_ENV)
+                proc.run(["mcopy", "-s", "-m", "-n", "-Q", "-i", dev, *top, f"{self.target}/"], env=_ENV)
         except ProcessError as exc:
-            raise GuestError(f"{mountpoint}: could not read {part.name} (vfat) with mtools: {exc.message}") from None
-        return cls(part, mountpoint, target, _snapshot(target))
+            raise GuestError(f"{self.mountpoint}: could not read {self.part.name} (vfat) with mtools: "
+                             f"{exc.message}") from None
+        self.before = _snapshot(self.target)
 
     def write_back(self) -> int:
         """Write what the steps changed under the mountpoint into the partition; returns the number of changes."""
